@@ -1,0 +1,60 @@
+# Entry points; .ci/run calls only `make test`. See README.md.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The newer daemon builds (HAProxy 3.4, Varnish 8.0) ship beside the project in ../shared.
+SHARED ?= $(firstword $(wildcard ../shared /work/shared))
+APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl
+
+.PHONY: setup daemons lint test unit e2e golden docs run certs demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+# Debian's haproxy 2.6 / varnish 7.1 from apt when missing, and the newer builds when present.
+daemons:
+	@missing=""; for p in varnishd haproxy ip unshare curl; do command -v $$p >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+	@if [ -n "$(SHARED)" ] && [ -x "$(SHARED)/daemons/install.sh" ]; then \
+		"$(SHARED)/daemons/install.sh"; \
+	else \
+		echo "NOTE: ../shared/daemons not found: only Debian's haproxy 2.6 / varnish 7.1 are tested"; \
+	fi
+
+lint: setup
+	$(BIN)/ruff check webhook tests bench
+	$(BIN)/ruff format --check webhook tests bench
+	$(BIN)/mypy
+
+test: setup daemons lint
+	$(BIN)/pytest -q
+
+unit: setup
+	$(BIN)/pytest -q -m "not e2e"
+
+e2e: setup daemons
+	$(BIN)/pytest -q -m e2e
+
+golden: setup daemons
+	REFRESH_GOLDEN=1 $(BIN)/pytest -q tests/golden
+
+docs: setup
+	$(BIN)/python -m webhook.docs
+
+certs: setup
+	@[ -f certs/tls.crt ] || $(BIN)/cache-injector certs generate --service cache-injector --namespace cache-injector --out certs --host 127.0.0.1 --host localhost
+
+run: setup
+	@if $(BIN)/cache-injector serve --help >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory certs && \
+		$(BIN)/cache-injector serve --host 127.0.0.1 --port 8443 --tls-cert certs/tls.crt --tls-key certs/tls.key; \
+	else echo "server not built yet"; fi
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

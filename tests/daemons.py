@@ -1,0 +1,58 @@
+"""Where the real daemons are: Debian's (haproxy 2.6, varnish 7.1) and the newer builds the
+default images run (HAProxy 3.4, Varnish 8.0, from ../shared/daemons/install.sh).
+
+With CI=true a missing daemon fails the test; elsewhere it skips, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass(frozen=True)
+class Daemon:
+    label: str  # e.g. "haproxy-3.4"
+    path: str
+
+
+_HAPROXY = (("haproxy-2.6", "/usr/sbin/haproxy"), ("haproxy-3.4", "/opt/haproxy-3.4/sbin/haproxy"))
+_VARNISH = (
+    ("varnish-7.1", "/usr/sbin/varnishd"),
+    ("varnish-8.0", "/opt/varnish-8.0/sbin/varnishd"),
+)
+
+
+def _find(label: str, path: str) -> str | None:
+    if Path(path).is_file() and os.access(path, os.X_OK):
+        return path
+    if label.endswith(("2.6", "7.1")):  # Debian's may live elsewhere on PATH
+        return shutil.which(label.split("-")[0] + ("d" if label.startswith("varnish") else ""))
+    return None
+
+
+def require(label: str) -> Daemon:
+    """The daemon with this label, or skip (fail under CI) saying which one is missing."""
+    for candidate, path in _HAPROXY + _VARNISH:
+        if candidate == label:
+            found = _find(candidate, path)
+            if found:
+                return Daemon(label, found)
+            message = (
+                f"{label} not installed ({path}); `make daemons` installs Debian's and "
+                "../shared/daemons/install.sh the newer builds"
+            )
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+    raise KeyError(label)
+
+
+HAPROXY_LABELS = [label for label, _ in _HAPROXY]
+VARNISH_LABELS = [label for label, _ in _VARNISH]
+NEWEST = {"haproxy": "haproxy-3.4", "varnish": "varnish-8.0"}
+OLDEST = {"haproxy": "haproxy-2.6", "varnish": "varnish-7.1"}

@@ -1,0 +1,365 @@
+"""Build the cache-haproxy and cache-varnish containers and their volumes as plain dicts.
+
+Owns: what the injected pod looks like (DESIGN.md "The injected pod"): commands, ports,
+probes, volumes, securityContext, resources and the memory-limit rule; merging a container
+the user declared under our name; port clash detection. Does not: render configs or build
+patch operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import names, values
+from .errors import ImageOverrideNotAllowed, InvalidAnnotation, PortClash
+from .options import Options
+from .policy import VARNISH_WORKDIR_SIZE, Policy, Resources, varnish_memory_limit
+
+JsonDict = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Sidecars:
+    """What injection adds: containers in start order and the volumes they mount."""
+
+    containers: tuple[JsonDict, ...]
+    volumes: tuple[JsonDict, ...]
+    warnings: tuple[str, ...]
+
+
+def _security_context(uid: int | None) -> JsonDict:
+    """Pod Security "restricted": non-root, nothing to escalate, read-only root filesystem."""
+    context: JsonDict = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if uid is not None:
+        context["runAsUser"] = uid
+        context["runAsGroup"] = uid
+    return context
+
+
+def _resources(spec: Resources, memory_floor: int | None = None) -> JsonDict:
+    out: JsonDict = {}
+    for kind in ("requests", "limits"):
+        resource_list = getattr(spec, kind)
+        entries = {
+            alias: value
+            for alias, value in (
+                ("cpu", resource_list.cpu),
+                ("memory", resource_list.memory),
+                ("ephemeral-storage", resource_list.ephemeral_storage),
+            )
+            if value is not None
+        }
+        out[kind] = entries
+    if memory_floor is not None:
+        # The memory-limit rule: never below what a full cache needs (DESIGN.md).
+        limit = out["limits"].get("memory")
+        if limit is None or values.parse_size(limit) < memory_floor:
+            out["limits"]["memory"] = values.format_quantity(memory_floor)
+        if "memory" not in out["requests"]:
+            out["requests"]["memory"] = out["limits"]["memory"]
+    return {kind: entries for kind, entries in out.items() if entries}
+
+
+def _http_probe(path: str, port: int | str, *, period: int, failures: int) -> JsonDict:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 1,
+    }
+
+
+def _tcp_probe(port: int | str, *, period: int, failures: int) -> JsonDict:
+    return {
+        "tcpSocket": {"port": port},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 1,
+    }
+
+
+def build_haproxy(policy: Policy) -> JsonDict:
+    """cache-haproxy: master-worker in the foreground, logs to stdout, probes its own port."""
+    model = policy.model
+    return {
+        "name": names.CONTAINER_HAPROXY,
+        "image": model.images.haproxy,
+        "command": [
+            "haproxy",
+            "-W",
+            "-db",
+            "-f",
+            f"{names.HAPROXY_CONFIG_DIR}/{names.HAPROXY_CONFIG_FILE}",
+        ],
+        "ports": [
+            {
+                "name": names.PORT_NAME_METRICS,
+                "containerPort": names.HAPROXY_METRICS_PORT,
+                "protocol": "TCP",
+            }
+        ],
+        # Probes see only HAProxy itself, never the backends: a probe that waits for
+        # backend pods deadlocks a pod that is its own backend.
+        "startupProbe": _http_probe(
+            names.HAPROXY_HEALTH_PATH, names.PORT_NAME_METRICS, period=1, failures=30
+        ),
+        "readinessProbe": _http_probe(
+            names.HAPROXY_HEALTH_PATH, names.PORT_NAME_METRICS, period=5, failures=3
+        ),
+        "resources": _resources(model.resources.haproxy),
+        "securityContext": _security_context(model.run_as_user.haproxy),
+        "volumeMounts": [
+            {
+                "name": names.VOLUME_HAPROXY_CONFIG,
+                "mountPath": names.HAPROXY_CONFIG_DIR,
+                "readOnly": True,
+            },
+            {"name": names.VOLUME_HAPROXY_RUN, "mountPath": names.HAPROXY_RUN_DIR},
+        ],
+    }
+
+
+def varnish_args(options: Options, policy: Policy) -> list[str]:
+    """varnishd's arguments: storage sizes and the parameters our measurements call for."""
+    cache_mib = max(1, options.cache_size // values.MIB)
+    transient_mib = max(1, policy.transient_size // values.MIB)
+    return [
+        "-F",
+        "-n",
+        names.VARNISH_WORKDIR,
+        "-f",
+        f"{names.VARNISH_CONFIG_DIR}/{names.VARNISH_CONFIG_FILE}",
+        "-a",
+        f":{options.listen_port}",
+        "-s",
+        f"malloc,{cache_mib}M",
+        "-s",
+        f"Transient=malloc,{transient_mib}M",
+        # A full cache must evict, not fail: with the default (50 evictions per fetch) large
+        # objects arriving into a cache of small ones got 503s; 10000 left none.
+        "-p",
+        "nuke_limit=10000",
+        # Varnish 8.0 otherwise ignores SIGTERM for ~60 s after concurrent traffic (idle
+        # workers hold VCL references), holding pod deletion until SIGKILL.
+        "-p",
+        "debug=+vclrel",
+    ]
+
+
+def build_varnish(options: Options, policy: Policy) -> JsonDict:
+    """cache-varnish: varnishd in the foreground, workdir and /tmp on Memory emptyDirs."""
+    model = policy.model
+    floor = varnish_memory_limit(options.cache_size, policy.transient_size)
+    if options.vcl_configmap:
+        # A user's VCL may not answer /.cache/ready: only check that Varnish accepts.
+        startup = _tcp_probe(names.PORT_NAME_HTTP, period=1, failures=60)
+        readiness = _tcp_probe(names.PORT_NAME_HTTP, period=5, failures=3)
+    else:
+        startup = _http_probe(names.VARNISH_READY_PATH, names.PORT_NAME_HTTP, period=1, failures=60)
+        readiness = _http_probe(
+            names.VARNISH_READY_PATH, names.PORT_NAME_HTTP, period=5, failures=3
+        )
+    container: JsonDict = {
+        "name": names.CONTAINER_VARNISH,
+        "image": model.images.varnish,
+        "command": ["varnishd"],
+        "args": varnish_args(options, policy),
+        "ports": [
+            {"name": names.PORT_NAME_HTTP, "containerPort": options.listen_port, "protocol": "TCP"}
+        ],
+        "startupProbe": startup,
+        "readinessProbe": readiness,
+        "resources": _resources(model.resources.varnish, memory_floor=floor),
+        "securityContext": _security_context(model.run_as_user.varnish),
+        "volumeMounts": [
+            {
+                "name": names.VOLUME_VARNISH_CONFIG,
+                "mountPath": names.VARNISH_CONFIG_DIR,
+                "readOnly": True,
+            },
+            {"name": names.VOLUME_VARNISH_WORKDIR, "mountPath": names.VARNISH_WORKDIR},
+            {"name": names.VOLUME_VARNISH_TMP, "mountPath": "/tmp"},
+        ],
+    }
+    if options.drain_seconds:
+        # Keep serving while endpoints drop the pod; the kubelet's sleep action needs no
+        # shell in the image (native-sidecar clusters are 1.30+), the fallback execs sleep.
+        if model.native_sidecars:
+            container["lifecycle"] = {"preStop": {"sleep": {"seconds": options.drain_seconds}}}
+        else:
+            container["lifecycle"] = {
+                "preStop": {"exec": {"command": ["sleep", str(options.drain_seconds)]}}
+            }
+    return container
+
+
+def build_volumes(options: Options) -> list[JsonDict]:
+    """Configs arrive through the downward API (no ConfigMaps created: no side effects)."""
+
+    def from_annotation(key: str, path: str) -> JsonDict:
+        return {"path": path, "fieldRef": {"fieldPath": f"metadata.annotations['{key}']"}}
+
+    varnish_config: JsonDict
+    if options.vcl_configmap:
+        varnish_config = {
+            "name": names.VOLUME_VARNISH_CONFIG,
+            "configMap": {
+                "name": options.vcl_configmap,
+                "items": [{"key": "default.vcl", "path": names.VARNISH_CONFIG_FILE}],
+            },
+        }
+    else:
+        varnish_config = {
+            "name": names.VOLUME_VARNISH_CONFIG,
+            "downwardAPI": {
+                "items": [from_annotation(names.ANNOTATION_VCL, names.VARNISH_CONFIG_FILE)]
+            },
+        }
+    return [
+        {
+            "name": names.VOLUME_HAPROXY_CONFIG,
+            "downwardAPI": {
+                "items": [from_annotation(names.ANNOTATION_HAPROXY_CFG, names.HAPROXY_CONFIG_FILE)]
+            },
+        },
+        {"name": names.VOLUME_HAPROXY_RUN, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        varnish_config,
+        # The shared-memory log lives here (80 MB): smaller and varnishd fails at launch.
+        {
+            "name": names.VOLUME_VARNISH_WORKDIR,
+            "emptyDir": {
+                "medium": "Memory",
+                "sizeLimit": values.format_quantity(VARNISH_WORKDIR_SIZE),
+            },
+        },
+        # varnishd compiles the VCL with cc, which writes temporary files.
+        {"name": names.VOLUME_VARNISH_TMP, "emptyDir": {"medium": "Memory", "sizeLimit": "32Mi"}},
+    ]
+
+
+def declared_ports(pod_spec: Mapping[str, Any]) -> list[tuple[str, int, str | None]]:
+    """(container, port, port name) for every port the pod's own containers declare."""
+    found = []
+    for group in ("initContainers", "containers"):
+        for container in pod_spec.get(group) or []:
+            if not isinstance(container, dict) or container.get("name") in names.CONTAINERS:
+                continue
+            for port in container.get("ports") or []:
+                if isinstance(port, dict) and isinstance(port.get("containerPort"), int):
+                    found.append(
+                        (str(container.get("name")), port["containerPort"], port.get("name"))
+                    )
+    return found
+
+
+def check_ports(pod_spec: Mapping[str, Any], options: Options) -> list[InvalidAnnotation]:
+    """Every sidecar port and port name against the pod's own; each clash names both sides."""
+    listen_key = names.OPTIONS_BY_NAME["listen_port"].key
+    ours = {
+        options.listen_port: (f"{names.CONTAINER_VARNISH} ({listen_key})", names.PORT_NAME_HTTP),
+        names.HAPROXY_LOCAL_PORT: (f"{names.CONTAINER_HAPROXY} (local frontend)", None),
+        names.HAPROXY_METRICS_PORT: (
+            f"{names.CONTAINER_HAPROXY} (metrics)",
+            names.PORT_NAME_METRICS,
+        ),
+    }
+    our_names = {names.PORT_NAME_HTTP, names.PORT_NAME_METRICS}
+    problems: list[InvalidAnnotation] = []
+    for container, port, port_name in declared_ports(pod_spec):
+        if port in ours:
+            who, _ = ours[port]
+            key = listen_key if port == options.listen_port else f"container {container} port"
+            value = str(options.listen_port) if port == options.listen_port else str(port)
+            problems.append(
+                PortClash(
+                    key,
+                    value,
+                    f"port {port} is used by container {container} and needed by {who}; "
+                    f"set {listen_key} to a free port from 1025 to 65535"
+                    if port == options.listen_port
+                    else f"port {port} is used by container {container} and needed by {who}; "
+                    f"cache-haproxy always uses {names.HAPROXY_LOCAL_PORT} and "
+                    f"{names.HAPROXY_METRICS_PORT}",
+                )
+            )
+        if port_name in our_names:
+            problems.append(
+                PortClash(
+                    f"container {container} port name",
+                    str(port_name),
+                    f"the port names {names.PORT_NAME_HTTP} and {names.PORT_NAME_METRICS} "
+                    "belong to the cache sidecars; rename the container's port",
+                )
+            )
+    return problems
+
+
+def merge_user_container(built: JsonDict, declared: Mapping[str, Any], policy: Policy) -> JsonDict:
+    """A container the user declared under our name is completed, not duplicated.
+
+    The user's fields win (as in Istio), except an image the policy pins.
+    """
+    overridden = "image" in declared and declared["image"] != built["image"]
+    if overridden and not policy.model.allow_image_override:
+        raise ImageOverrideNotAllowed(
+            f"container {built['name']} image",
+            str(declared["image"]),
+            f"{built['image']} (the cluster policy pins sidecar images; "
+            "allowImageOverride is false)",
+        )
+    merged = dict(built)
+    merged.update(declared)
+    return merged
+
+
+def memory_limit_warning(
+    container: Mapping[str, Any], options: Options, policy: Policy
+) -> str | None:
+    """A user-set memory limit below what a full cache needs: allowed, but say so."""
+    limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+    if not isinstance(limit, str):
+        return None
+    floor = varnish_memory_limit(options.cache_size, policy.transient_size)
+    try:
+        size = values.parse_size(limit)
+    except ValueError:
+        return None
+    if size >= floor:
+        return None
+    return (
+        f"container {names.CONTAINER_VARNISH} memory limit {limit} is below "
+        f"{values.format_quantity(floor)} (cache-size + Transient + workdir + 64Mi): "
+        "it will be OOM-killed when the cache fills"
+    )
+
+
+def native(container: JsonDict) -> JsonDict:
+    """As a native sidecar: an init container that keeps running (restartPolicy Always)."""
+    return {**container, "restartPolicy": "Always"}
+
+
+def build_sidecars(options: Options, policy: Policy) -> tuple[list[JsonDict], list[JsonDict]]:
+    """Our two containers (start order: HAProxy, then Varnish) and their volumes."""
+    containers = [build_haproxy(policy), build_varnish(options, policy)]
+    if policy.model.native_sidecars:
+        containers = [native(container) for container in containers]
+    return containers, build_volumes(options)
+
+
+def user_declared(pod_spec: Mapping[str, Any]) -> dict[str, tuple[str, int, Mapping[str, Any]]]:
+    """Our container names the user already declared: name -> (group, index, container)."""
+    found: dict[str, tuple[str, int, Mapping[str, Any]]] = {}
+    for group in ("initContainers", "containers"):
+        items: Sequence[Any] = pod_spec.get(group) or []
+        for index, container in enumerate(items):
+            if isinstance(container, dict) and container.get("name") in names.CONTAINERS:
+                found[container["name"]] = (group, index, container)
+    return found

@@ -1,0 +1,309 @@
+"""The `cache-injector` command: inject, explain, policy check (and serve, certs).
+
+Owns: reading files and stdin, printing, exit codes (0 ok, 1 explain found denials, 2 bad
+input or denied injection). Calls inject.py exactly as the webhook does, so what `explain`
+says is what the webhook does.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import jsonpatch
+
+from . import __version__, names
+from .errors import CacheInjectorError, InvalidOptions, InvalidPolicy
+from .inject import Outcome, inject_pod
+from .policy import Policy, default_policy, load_policy_text
+from .render import Templates, load_templates
+from .selection import decide
+from .workloads import Document, Workload, dump_document, find_workloads, split_documents
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(2)
+
+
+def read_input(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        fail(f"{path}: cannot read: {err}")
+
+
+def read_policy(path: str | None) -> Policy:
+    if path is None:
+        return default_policy()
+    try:
+        return load_policy_text(read_input(path), path)
+    except InvalidPolicy as err:
+        fail("\n".join(f"{path}: {problem}" for problem in err.problems))
+
+
+def parse_labels(text: str | None) -> dict[str, str]:
+    """`k=v,k2=v2`, as kubectl writes label selectors."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--namespace-labels: {item} is invalid: KEY=VALUE[,KEY=VALUE...]")
+        labels[key] = value
+    return labels
+
+
+@dataclass
+class Result:
+    workload: Workload
+    namespace: str
+    outcome: Outcome
+
+
+def evaluate(
+    documents: list[Document],
+    *,
+    policy: Policy,
+    templates: Templates,
+    namespace: str | None,
+    namespace_labels: Mapping[str, str],
+) -> Iterator[Result]:
+    """Run the engine on every workload's pod template, as the webhook would on its pods."""
+    for workload in find_workloads(documents):
+        where = workload.namespace or namespace or "default"
+        outcome = inject_pod(
+            workload.template,
+            namespace=where,
+            operation="CREATE",
+            policy=policy,
+            templates=templates,
+            namespace_labels=namespace_labels,
+            owner_kind=workload.kind,
+        )
+        if (
+            outcome.decision.reason == "not_selected"
+            and workload.kind != "Pod"
+            and workload.labels.get(names.LABEL_INJECT) == names.LABEL_ENABLED
+        ):
+            outcome = Outcome(
+                allowed=True,
+                decision=decide(False, "label_on_workload_only", kind=workload.kind),
+            )
+        yield Result(workload, where, outcome)
+
+
+def error_lines(error: CacheInjectorError) -> list[str]:
+    if isinstance(error, InvalidOptions):
+        return [str(problem) for problem in error.problems]
+    return [str(error)]
+
+
+def prefix(path: str, workload: Workload) -> str:
+    return f"{path}: doc {workload.document.number} ({workload.title})"
+
+
+def shared_options(command: Any) -> Any:
+    for option in reversed(
+        [
+            click.option(
+                "-f", "--filename", "path", required=True, help="Manifest file, or - for stdin."
+            ),
+            click.option(
+                "--policy", "policy_path", help="Cluster policy file (default: the embedded one)."
+            ),
+            click.option(
+                "--namespace",
+                help="Namespace of objects that name none (the webhook uses the request's).",
+            ),
+            click.option(
+                "--namespace-labels",
+                help="Labels of that namespace, to simulate a labelled one: "
+                "cache-injector.io/inject=enabled",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cache-injector")
+def main() -> None:
+    """Give Kubernetes pods a Varnish cache and an HAProxy balancer as sidecars."""
+
+
+@main.command()
+@shared_options
+def inject(
+    path: str, policy_path: str | None, namespace: str | None, namespace_labels: str | None
+) -> None:
+    """Write the manifests with the cache injected into every selected pod template."""
+    text = read_input(path)
+    policy, templates, labels = (
+        read_policy(policy_path),
+        load_templates(),
+        parse_labels(namespace_labels),
+    )
+    try:
+        documents = split_documents(text)
+    except CacheInjectorError as err:
+        fail(f"{path}: {err}")
+    errors: list[str] = []
+    for result in evaluate(
+        documents, policy=policy, templates=templates, namespace=namespace, namespace_labels=labels
+    ):
+        where = prefix(path, result.workload)
+        for warning in result.outcome.warnings:
+            click.echo(f"{where}: warning: {warning}", err=True)
+        if not result.outcome.allowed and result.outcome.error is not None:
+            errors += [f"{where}: {line}" for line in error_lines(result.outcome.error)]
+        elif result.outcome.injected:
+            jsonpatch.apply_patch(result.workload.template, result.outcome.patch, in_place=True)
+            result.workload.document.changed = True
+    if errors:
+        fail("\n".join(errors))
+    sys.stdout.write("".join(dump_document(document) for document in documents))
+
+
+def explain_record(path: str, result: Result) -> dict[str, Any]:
+    outcome = result.outcome
+    record: dict[str, Any] = {
+        "file": path,
+        "doc": result.workload.document.number,
+        "workload": result.workload.title,
+        "namespace": result.namespace,
+        "result": "injected"
+        if outcome.injected
+        else "denied"
+        if not outcome.allowed
+        else "skipped",
+        "reason": outcome.decision.reason,
+        "message": outcome.decision.message,
+        "warnings": outcome.warnings,
+        "errors": error_lines(outcome.error) if outcome.error else [],
+        "options": {},
+    }
+    if outcome.options is not None:
+        for spec in names.OPTIONS:
+            record["options"][spec.suffix] = {
+                "value": outcome.options.texts[spec.name],
+                "source": outcome.options.sources[spec.name],
+            }
+    return record
+
+
+def explain_line(record: Mapping[str, Any]) -> str:
+    head = (
+        f"{record['file']}: doc {record['doc']} ({record['workload']}, namespace "
+        f"{record['namespace']}): {record['result']} [{record['reason']}] {record['message']}"
+    )
+    if record["errors"]:
+        head += ": " + "; ".join(record["errors"])
+    if record["options"]:
+        head += " | " + ", ".join(
+            f"{key}={item['value'] if item['value'] is not None else 'unset'} ({item['source']})"
+            for key, item in record["options"].items()
+        )
+    return head
+
+
+@main.command()
+@shared_options
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def explain(
+    path: str,
+    policy_path: str | None,
+    namespace: str | None,
+    namespace_labels: str | None,
+    output: str,
+) -> None:
+    """Say, per workload, whether it would be injected, why, and each option's value and source.
+
+    Exits 1 when a workload would be denied, so CI can run it on manifests.
+    """
+    text = read_input(path)
+    policy, templates, labels = (
+        read_policy(policy_path),
+        load_templates(),
+        parse_labels(namespace_labels),
+    )
+    try:
+        documents = split_documents(text)
+    except CacheInjectorError as err:
+        fail(f"{path}: {err}")
+    records = [
+        explain_record(path, result)
+        for result in evaluate(
+            documents,
+            policy=policy,
+            templates=templates,
+            namespace=namespace,
+            namespace_labels=labels,
+        )
+    ]
+    if output == "json":
+        click.echo(json.dumps(records, indent=2))
+    else:
+        for record in records:
+            click.echo(explain_line(record))
+            for warning in record["warnings"]:
+                click.echo(f"    warning: {warning}")
+        if not records:
+            click.echo(f"{path}: no workloads with a pod template")
+    if any(record["result"] == "denied" for record in records):
+        sys.exit(1)
+
+
+@main.group()
+def policy() -> None:
+    """Work with the cluster policy file."""
+
+
+@policy.command("check")
+@click.argument("path")
+def policy_check(path: str) -> None:
+    """Validate a policy file: exit 0 with a summary, or 2 listing every problem."""
+    try:
+        checked = load_policy_text(read_input(path), path)
+    except InvalidPolicy as err:
+        fail("\n".join(f"{path}: {problem}" for problem in err.problems))
+    click.echo(f"{path}: valid policy")
+    click.echo(policy_summary(checked))
+
+
+def policy_summary(checked: Policy) -> str:
+    model = checked.model
+    pinned = "may be overridden by pods" if model.allow_image_override else "pinned"
+    defaults = (
+        ", ".join(f"{k.replace('_', '-')}={v}" for k, v in checked.defaults.items()) or "none"
+    )
+    sidecars = (
+        "native (initContainers)"
+        if model.native_sidecars
+        else "regular containers; Job pods skipped"
+    )
+    limits = model.limits
+    return "\n".join(
+        [
+            f"  clusterDomain: {model.cluster_domain}",
+            f"  sidecars: {sidecars}",
+            f"  images: {model.images.haproxy}, {model.images.varnish} ({pinned})",
+            f"  defaults: {defaults}",
+            f"  limits: cache-size <= {limits.max_cache_size}, "
+            f"max-backends <= {limits.max_backends}",
+            f"  excluded namespaces: {', '.join(sorted(checked.excluded_namespaces))}",
+            f"  namespace entries: {', '.join(sorted(model.namespaces)) or 'none'}",
+            f"  onMissingBackend: {model.on_missing_backend}, onInvalid: {model.on_invalid}",
+        ]
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,171 @@
+"""The one engine: a pod (and where it is created) + the policy -> an Outcome.
+
+Owns: the order of the steps — select, resolve options, check, render, build, patch — and
+what a failure at each step means (skip, warn or deny). Both the webhook and the CLI call
+`inject_pod`, so `explain` and the webhook always agree. Pure: no I/O, clock or metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import builder, names
+from .errors import CacheInjectorError, InvalidAnnotation, InvalidOptions
+from .options import Options, resolve_options, unknown_annotation_warnings
+from .patch import Op, build_patch, status_annotation
+from .policy import Policy
+from .render import RenderedConfigs, Target, Templates, render_configs
+from .selection import Decision, decide, select_pod
+
+# Time a sidecar may take to exit after SIGTERM (measured: < 2 s with our settings).
+SHUTDOWN_BUDGET_SECONDS = 5
+DEFAULT_TERMINATION_GRACE_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer for one pod: allowed or denied, why, and the patch when injected."""
+
+    allowed: bool
+    decision: Decision
+    patch: list[Op] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    options: Options | None = None
+    configs: RenderedConfigs | None = None
+    error: CacheInjectorError | None = None
+
+    @property
+    def injected(self) -> bool:
+        return self.allowed and bool(self.patch)
+
+
+def _annotations(pod: Mapping[str, Any]) -> dict[str, str]:
+    raw = (pod.get("metadata") or {}).get("annotations") or {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _refuse(error: CacheInjectorError, policy: Policy, warnings: list[str]) -> Outcome:
+    """onInvalid: deny (the default) refuses the pod; skip lets it through uninjected."""
+    if policy.model.on_invalid == "skip":
+        return Outcome(
+            allowed=True,
+            decision=decide(False, "invalid_skipped"),
+            warnings=[*warnings, f"not injected: {error}"],
+            error=error,
+        )
+    return Outcome(allowed=False, decision=decide(False, "invalid"), warnings=warnings, error=error)
+
+
+def _label_warnings(pod: Mapping[str, Any]) -> list[str]:
+    label = ((pod.get("metadata") or {}).get("labels") or {}).get(names.LABEL_INJECT)
+    if label is None or label in (names.LABEL_ENABLED, names.LABEL_DISABLED):
+        return []
+    return [f"label {names.LABEL_INJECT}: {label} is not enabled or disabled and is ignored"]
+
+
+def _grace_warning(pod: Mapping[str, Any], options: Options) -> list[str]:
+    grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+    if not isinstance(grace, int) or isinstance(grace, bool):
+        grace = DEFAULT_TERMINATION_GRACE_SECONDS
+    needed = options.drain_seconds + SHUTDOWN_BUDGET_SECONDS
+    if grace >= needed:
+        return []
+    return [
+        f"terminationGracePeriodSeconds {grace} is shorter than {names.CONTAINER_VARNISH}'s "
+        f"drain ({options.drain_seconds}s, {names.OPTIONS_BY_NAME['drain_seconds'].key}) plus "
+        f"{SHUTDOWN_BUDGET_SECONDS}s to shut down: the cache may be killed while serving"
+    ]
+
+
+def inject_pod(
+    pod: Mapping[str, Any],
+    *,
+    namespace: str,
+    operation: str,
+    policy: Policy,
+    templates: Templates,
+    namespace_labels: Mapping[str, str] | None = None,
+    owner_kind: str | None = None,
+) -> Outcome:
+    """Decide, validate and build the patch for one pod (or pod template)."""
+    decision = select_pod(
+        pod,
+        namespace=namespace,
+        operation=operation,
+        policy=policy,
+        namespace_labels=namespace_labels,
+        owner_kind=owner_kind,
+    )
+    if not decision.inject:
+        return Outcome(allowed=True, decision=decision)
+    annotations = _annotations(pod)
+    warnings = _label_warnings(pod) + unknown_annotation_warnings(annotations)
+    try:
+        options = resolve_options(annotations, namespace=namespace, policy=policy)
+    except InvalidOptions as err:
+        return _refuse(err, policy, warnings)
+    if options.backend is None:
+        backend_key = names.OPTIONS_BY_NAME["backend"].key
+        if policy.model.on_missing_backend == "deny":
+            error = InvalidAnnotation(
+                backend_key,
+                "(unset)",
+                "SERVICE[.NAMESPACE]:PORT; set the annotation or a policy default for "
+                f"namespace {namespace} (the policy sets onMissingBackend: deny)",
+            )
+            return Outcome(
+                allowed=False, decision=decide(False, "invalid"), warnings=warnings, error=error
+            )
+        return Outcome(
+            allowed=True,
+            decision=decide(False, "no_backend", namespace=namespace),
+            warnings=warnings,
+            options=options,
+        )
+
+    spec: Mapping[str, Any] = pod.get("spec") or {}
+    problems = builder.check_ports(spec, options)
+    containers, volumes = builder.build_sidecars(options, policy)
+    declared = builder.user_declared(spec)
+    merged: list[dict[str, Any]] = []
+    for container in containers:
+        user = declared.get(container["name"])
+        if user is None:
+            merged.append(container)
+            continue
+        try:
+            merged.append(builder.merge_user_container(container, user[2], policy))
+        except InvalidAnnotation as err:
+            problems.append(err)
+    if problems:
+        return _refuse(InvalidOptions(problems), policy, warnings)
+    varnish = merged[-1]
+    memory_warning = builder.memory_limit_warning(varnish, options, policy)
+    warnings += [memory_warning] if memory_warning else []
+    warnings += _grace_warning(pod, options)
+
+    target = Target(namespace, policy.model.cluster_domain, policy.model.sticky_session_secret)
+    configs = render_configs(options, target, templates)
+    written = {names.ANNOTATION_HAPROXY_CFG: configs.haproxy_cfg}
+    if configs.vcl is not None:
+        written[names.ANNOTATION_VCL] = configs.vcl
+    volume_names = [v["name"] for v in volumes]
+    written[names.ANNOTATION_STATUS] = status_annotation(merged, volume_names, configs.digest)
+    patch = build_patch(
+        pod,
+        containers=merged,
+        volumes=volumes,
+        annotations=written,
+        replaced={name: (group, index) for name, (group, index, _) in declared.items()},
+        native=policy.model.native_sidecars,
+    )
+    return Outcome(
+        allowed=True,
+        decision=decision,
+        patch=patch,
+        warnings=warnings,
+        options=options,
+        configs=configs,
+    )

@@ -1,0 +1,187 @@
+"""Every label, annotation, container, volume and port name — and the annotation table.
+
+Owns: the public contract (keys users type, names users see). The annotation reference
+(docs/annotations.md) and the policy schema's option list are generated from `OPTIONS`.
+Does not: parse or validate values (options.py does, by each spec's `kind`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "cache-injector.io/"
+
+LABEL_INJECT = PREFIX + "inject"
+LABEL_ENABLED = "enabled"
+LABEL_DISABLED = "disabled"
+
+# Written by the injector.
+ANNOTATION_STATUS = PREFIX + "status"
+ANNOTATION_VCL = PREFIX + "vcl"
+ANNOTATION_HAPROXY_CFG = PREFIX + "haproxy-cfg"
+WRITTEN_ANNOTATIONS = frozenset({ANNOTATION_STATUS, ANNOTATION_VCL, ANNOTATION_HAPROXY_CFG})
+
+# Merged (never overwritten) so the cluster autoscaler may still evict injected pods.
+ANNOTATION_SAFE_TO_EVICT_LOCAL_VOLUMES = (
+    "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"
+)
+
+CONTAINER_HAPROXY = "cache-haproxy"
+CONTAINER_VARNISH = "cache-varnish"
+CONTAINERS = (CONTAINER_HAPROXY, CONTAINER_VARNISH)
+
+VOLUME_HAPROXY_CONFIG = "cache-haproxy-config"
+VOLUME_HAPROXY_RUN = "cache-haproxy-run"
+VOLUME_VARNISH_CONFIG = "cache-varnish-config"
+VOLUME_VARNISH_WORKDIR = "cache-varnish-workdir"
+VOLUME_VARNISH_TMP = "cache-varnish-tmp"
+VOLUMES = (
+    VOLUME_HAPROXY_CONFIG,
+    VOLUME_HAPROXY_RUN,
+    VOLUME_VARNISH_CONFIG,
+    VOLUME_VARNISH_WORKDIR,
+    VOLUME_VARNISH_TMP,
+)
+
+PORT_NAME_HTTP = "cache-http"
+PORT_NAME_METRICS = "cache-metrics"
+HAPROXY_LOCAL_PORT = 6090
+HAPROXY_METRICS_PORT = 6091
+
+# Paths inside the sidecars.
+HAPROXY_CONFIG_DIR = "/etc/cache-injector/haproxy"
+HAPROXY_CONFIG_FILE = "haproxy.cfg"
+HAPROXY_RUN_DIR = "/var/run/cache-haproxy"
+VARNISH_CONFIG_DIR = "/etc/cache-injector/varnish"
+VARNISH_CONFIG_FILE = "default.vcl"
+VARNISH_WORKDIR = "/var/lib/varnish"
+VARNISH_READY_PATH = "/.cache/ready"
+HAPROXY_HEALTH_PATH = "/healthz"
+# Answered by HAProxy's local frontend: 200 while at least one backend pod is up. Varnish
+# probes it, so it knows when to serve stale objects from grace instead of fetching.
+HAPROXY_BACKENDS_UP_PATH = "/.cache/backends-up"
+STICKY_COOKIE = "CACHESRV"
+
+# Namespaces never injected, whatever the policy says.
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One row of the annotation table: the key users type and what it accepts."""
+
+    name: str  # option name: the annotation suffix with "-" -> "_"
+    kind: str  # parser in options.py
+    default: str | None  # built-in default, as an annotation string; None = unset
+    accepted: str  # what is accepted, in the words of an error message
+    doc: str  # one line: what it does
+    low: int | None = None  # bounds for int kinds
+    high: int | None = None
+
+    @property
+    def suffix(self) -> str:
+        return self.name.replace("_", "-")
+
+    @property
+    def key(self) -> str:
+        return PREFIX + self.suffix
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec(
+        "backend",
+        "backend",
+        None,
+        "SERVICE[.NAMESPACE]:PORT, PORT a number (1-65535) or, with discovery dns-srv, "
+        "a Service port name",
+        "The Service whose pods HAProxy balances over, found by DNS as "
+        "SERVICE.NAMESPACE.svc.<clusterDomain>. Unset and no policy default: not injected.",
+    ),
+    OptionSpec(
+        "discovery",
+        "enum:dns-a,dns-srv",
+        "dns-a",
+        "dns-a or dns-srv",
+        "dns-a: server-template over the A records of the Service FQDN (a headless Service "
+        "gives one per ready pod); dns-srv: over the SRV records _PORTNAME._tcp.FQDN.",
+    ),
+    OptionSpec(
+        "max_backends",
+        "int",
+        "32",
+        "an integer from 1 to {high}",
+        "HAProxy server-template slots: the most backend pods balanced over.",
+        low=1,
+        high=256,
+    ),
+    OptionSpec(
+        "health_path",
+        "path",
+        None,
+        "an absolute HTTP path such as /healthz (letters, digits and -._~/%?=&+,:@ only, "
+        "at most 256 characters)",
+        "HTTP path HAProxy checks on each backend pod; unset: a TCP connect check.",
+    ),
+    OptionSpec(
+        "cache_size",
+        "quantity",
+        "128Mi",
+        "a Kubernetes memory quantity from 16Mi to {limit} such as 256Mi or 1Gi",
+        "Varnish malloc storage for cached objects.",
+    ),
+    OptionSpec(
+        "default_ttl",
+        "duration",
+        "120s",
+        "a duration from 0s to 365d: an integer with unit s, m, h or d, such as 120s or 5m",
+        "How long a response is cached when the backend sends no caching headers.",
+    ),
+    OptionSpec(
+        "grace",
+        "duration",
+        "6h",
+        "a duration from 0s to 365d: an integer with unit s, m, h or d, such as 30m or 6h",
+        "How long expired objects may still be served while the backend is down.",
+    ),
+    OptionSpec(
+        "listen_port",
+        "int",
+        "6081",
+        "an integer from 1025 to 65535, not used by another container of the pod, "
+        "not 6090 or 6091 (cache-haproxy)",
+        "Port Varnish listens on, named cache-http.",
+        low=1025,
+        high=65535,
+    ),
+    OptionSpec(
+        "sticky_sessions",
+        "bool",
+        "false",
+        "true or false",
+        "true: HAProxy sets a dynamic cookie naming the backend pod, so a returning client "
+        "stays on it (the same in every replica).",
+    ),
+    OptionSpec(
+        "drain_seconds",
+        "int",
+        "5",
+        "an integer from 0 to 300 (0: no preStop sleep)",
+        "preStop sleep of cache-varnish on pod deletion: it keeps serving while the "
+        "Service stops routing to the pod.",
+        low=0,
+        high=300,
+    ),
+    OptionSpec(
+        "vcl_configmap",
+        "dns_subdomain",
+        None,
+        "a ConfigMap name in the pod's namespace (lowercase letters, digits, '-' and '.', "
+        "at most 253 characters); its key default.vcl is used",
+        "ConfigMap whose default.vcl replaces the generated VCL (it must define the backend "
+        "127.0.0.1:6090).",
+    ),
+)
+
+OPTIONS_BY_NAME = {spec.name: spec for spec in OPTIONS}
+OPTIONS_BY_KEY = {spec.key: spec for spec in OPTIONS}
+OPTIONS_BY_SUFFIX = {spec.suffix: spec for spec in OPTIONS}

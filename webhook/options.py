@@ -1,0 +1,169 @@
+"""Turn pod annotations and policy defaults into validated Options.
+
+Owns: the meaning of every cache-injector.io/ annotation value and the precedence
+annotation > namespace-policy > policy-default > built-in (limits always win).
+Does not: read files, call the API server, or decide whether to inject.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from . import names, values
+from .errors import (
+    BackendNamespaceNotAllowed,
+    InvalidAnnotation,
+    InvalidOptions,
+    LimitExceeded,
+)
+from .policy import MIN_CACHE_SIZE, Policy, accepted_text
+
+Source = Literal["annotation", "namespace-policy", "policy-default", "built-in"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every option of one pod, validated; `sources` says where each value came from."""
+
+    backend: values.Backend | None
+    discovery: str
+    max_backends: int
+    health_path: str | None
+    cache_size: int
+    default_ttl: int
+    grace: int
+    listen_port: int
+    sticky_sessions: bool
+    drain_seconds: int
+    vcl_configmap: str | None
+    sources: Mapping[str, Source] = field(compare=False, hash=False, repr=False)
+    # The raw strings as resolved, for `explain` and messages.
+    texts: Mapping[str, str | None] = field(compare=False, hash=False, repr=False)
+
+
+def _pick(
+    spec: names.OptionSpec,
+    annotations: Mapping[str, str],
+    namespace_values: Mapping[str, str],
+    policy: Policy,
+) -> tuple[str | None, Source]:
+    if spec.key in annotations:
+        return annotations[spec.key], "annotation"
+    if spec.name in namespace_values:
+        return namespace_values[spec.name], "namespace-policy"
+    if spec.name in policy.defaults:
+        return policy.defaults[spec.name], "policy-default"
+    return spec.default, "built-in"
+
+
+def resolve_options(annotations: Mapping[str, str], *, namespace: str, policy: Policy) -> Options:
+    """Resolve every option for a pod in `namespace`; raise InvalidOptions listing all problems."""
+    namespace_values = policy.namespace_options.get(namespace, {})
+    problems: list[InvalidAnnotation] = []
+    parsed: dict[str, object] = {}
+    sources: dict[str, Source] = {}
+    texts: dict[str, str | None] = {}
+    limits = policy.model.limits
+    for spec in names.OPTIONS:
+        text, source = _pick(spec, annotations, namespace_values, policy)
+        sources[spec.name], texts[spec.name] = source, text
+        if text is None:
+            parsed[spec.name] = None
+            continue
+        if not isinstance(text, str):  # annotations from a hostile review
+            problems.append(InvalidAnnotation(spec.key, repr(text), accepted_text(spec, limits)))
+            continue
+        try:
+            value = values.parse_option_value(spec.kind, text, spec.low, spec.high)
+        except ValueError as err:
+            problems.append(
+                InvalidAnnotation(spec.key, text, str(err) or accepted_text(spec, limits))
+            )
+            continue
+        if spec.name == "cache_size" and not MIN_CACHE_SIZE <= int(str(value)) <= (
+            policy.max_cache_size
+        ):
+            problems.append(LimitExceeded(spec.key, text, accepted_text(spec, limits)))
+            continue
+        if spec.name == "max_backends" and int(str(value)) > limits.max_backends:
+            problems.append(LimitExceeded(spec.key, text, accepted_text(spec, limits)))
+            continue
+        if spec.name == "listen_port" and value in (
+            names.HAPROXY_LOCAL_PORT,
+            names.HAPROXY_METRICS_PORT,
+        ):
+            problems.append(InvalidAnnotation(spec.key, text, accepted_text(spec, limits)))
+            continue
+        parsed[spec.name] = value
+    problems += _check_backend(parsed, texts, sources, namespace, policy)
+    if problems:
+        raise InvalidOptions(problems)
+    return Options(**parsed, sources=sources, texts=texts)  # type: ignore[arg-type]
+
+
+def _check_backend(
+    parsed: Mapping[str, object],
+    texts: Mapping[str, str | None],
+    sources: Mapping[str, Source],
+    namespace: str,
+    policy: Policy,
+) -> list[InvalidAnnotation]:
+    backend = parsed.get("backend")
+    discovery = parsed.get("discovery")
+    if not isinstance(backend, values.Backend) or discovery is None:
+        return []
+    key, text = names.OPTIONS_BY_NAME["backend"].key, str(texts["backend"])
+    problems: list[InvalidAnnotation] = []
+    if discovery == "dns-a" and isinstance(backend.port, str):
+        problems.append(
+            InvalidAnnotation(
+                key,
+                text,
+                "with discovery dns-a the port must be a number (1-65535): A records carry no "
+                "port; a Service port name needs cache-injector.io/discovery: dns-srv",
+            )
+        )
+    if discovery == "dns-srv" and isinstance(backend.port, int):
+        problems.append(
+            InvalidAnnotation(
+                key,
+                text,
+                "with discovery dns-srv the port must be a Service port name (SRV records are "
+                "_PORTNAME._tcp.SERVICE...), such as web:http",
+            )
+        )
+    if backend.namespace and not policy.may_target(namespace, backend.namespace):
+        source = "" if sources["backend"] == "annotation" else f" (from {sources['backend']})"
+        problems.append(
+            BackendNamespaceNotAllowed(
+                key,
+                text + source,
+                f"a Service in namespace {namespace}; the cluster policy does not let "
+                f"{namespace} use Services in {backend.namespace} "
+                f"(namespaces.{namespace}.allowedBackendNamespaces)",
+            )
+        )
+    return problems
+
+
+def unknown_annotation_warnings(annotations: Mapping[str, str]) -> list[str]:
+    """Keys under our prefix that mean nothing to us: a typo is reported, never ignored."""
+    warnings = []
+    for key in annotations:
+        if not key.startswith(names.PREFIX):
+            continue
+        if key in names.OPTIONS_BY_KEY or key in names.WRITTEN_ANNOTATIONS:
+            continue
+        if key == names.LABEL_INJECT:
+            warnings.append(
+                f"{key} is a label, not an annotation: set it under metadata.labels to "
+                "select the pod"
+            )
+            continue
+        guess = difflib.get_close_matches(key, list(names.OPTIONS_BY_KEY), n=1, cutoff=0.75)
+        hint = f"; did you mean {guess[0]}?" if guess else ""
+        warnings.append(f"{key} is not a cache-injector annotation and is ignored{hint}")
+    return warnings

@@ -1,0 +1,434 @@
+"""The cluster policy: a typed, strict model, parsed and checked once, then read on every review.
+
+Owns: the policy file's schema (docs/policy.schema.json is exported from it), its semantic
+checks (every problem as `path.to.field: value: what is accepted`) and the derived lookups
+that the hot path reads. Does not: read files or watch them (the server and CLI do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
+from pydantic import ValidationError as PydanticValidationError
+from pydantic.alias_generators import to_camel
+
+from . import names, values
+from .errors import InvalidPolicy
+
+DEFAULT_IMAGES = {"haproxy": "haproxy:3.4", "varnish": "varnish:8.0"}
+# The Varnish workdir holds the shared-memory log (vsl_space, 80 MB by default): a smaller
+# Memory emptyDir makes varnishd fail at launch ("Child failed on launch").
+VARNISH_WORKDIR_SIZE = 128 * values.MIB
+# Allocator overhead and threads beyond cache + Transient + workdir (measured: DESIGN.md).
+VARNISH_MEMORY_HEADROOM = 64 * values.MIB
+MIN_CACHE_SIZE = 16 * values.MIB
+
+
+def varnish_memory_limit(cache_size: int, transient_size: int) -> int:
+    """The least memory limit under which cache-varnish is not OOM-killed when full."""
+    return cache_size + transient_size + VARNISH_WORKDIR_SIZE + VARNISH_MEMORY_HEADROOM
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, so a typo in a policy fails `policy check`, not a pod."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+OptionValue = StrictStr | StrictInt | StrictBool
+
+
+def _option_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for spec in names.OPTIONS:
+        fields[spec.name] = (
+            OptionValue | None,
+            Field(
+                default=None,
+                alias=spec.suffix,
+                description=f"{spec.doc} Accepted: {spec.accepted}. Built-in default: "
+                f"{spec.default if spec.default is not None else 'unset'}.",
+            ),
+        )
+    return fields
+
+
+OptionValues: type[BaseModel] = create_model(
+    "OptionValues",
+    __config__=ConfigDict(extra="forbid", frozen=True, populate_by_name=True),
+    __doc__="A value for any pod annotation, by its key without the cache-injector.io/ prefix.",
+    **_option_fields(),
+)
+
+NamespacePolicy: type[BaseModel] = create_model(
+    "NamespacePolicy",
+    __base__=OptionValues,
+    __doc__="Settings for one namespace: option values and which backend namespaces it may target.",
+    allowed_backend_namespaces=(
+        list[StrictStr],
+        Field(
+            default_factory=list,
+            alias="allowedBackendNamespaces",
+            description="Namespaces whose Services pods of this namespace may use as backend, "
+            'besides their own; "*" allows any.',
+        ),
+    ),
+)
+
+
+class Images(StrictModel):
+    """Sidecar images; both must run the `haproxy` and `varnishd` programs from PATH."""
+
+    haproxy: StrictStr = Field(DEFAULT_IMAGES["haproxy"], description="Image of cache-haproxy.")
+    varnish: StrictStr = Field(DEFAULT_IMAGES["varnish"], description="Image of cache-varnish.")
+
+
+class ResourceList(StrictModel):
+    """Kubernetes quantities; unset keys are left out of the container."""
+
+    cpu: StrictStr | None = None
+    memory: StrictStr | None = None
+    ephemeral_storage: StrictStr | None = Field(None, alias="ephemeral-storage")
+
+
+class Resources(StrictModel):
+    requests: ResourceList = Field(default_factory=ResourceList)
+    limits: ResourceList = Field(default_factory=ResourceList)
+
+
+class SidecarResources(StrictModel):
+    haproxy: Resources = Field(
+        default_factory=lambda: Resources(
+            requests=ResourceList(cpu="50m", memory="32Mi"), limits=ResourceList(memory="128Mi")
+        ),
+        description="cache-haproxy resources.",
+    )
+    varnish: Resources = Field(
+        default_factory=lambda: Resources(requests=ResourceList(cpu="100m")),
+        description="cache-varnish resources. The memory limit (and, when unset, the request) "
+        "is never below cache-size + transientSize + 128Mi workdir + 64Mi headroom; a lower "
+        "limit here fails `policy check`.",
+    )
+
+
+class Limits(StrictModel):
+    """Ceilings no annotation or default may pass; a pod asking for more is denied."""
+
+    max_cache_size: StrictStr = Field("4Gi", description="Largest cache-size a pod may ask for.")
+    max_backends: StrictInt = Field(
+        128, ge=1, le=256, description="Largest max-backends a pod may ask for."
+    )
+
+
+class RunAsUser(StrictModel):
+    """UIDs set in the sidecars' securityContext; null leaves it to the platform (OpenShift)."""
+
+    haproxy: StrictInt | None = Field(99, ge=1, description="uid of the official haproxy image.")
+    varnish: StrictInt | None = Field(1000, ge=1, description="uid of the official varnish image.")
+
+
+class PolicyModel(StrictModel):
+    """The cluster-wide policy file."""
+
+    cluster_domain: StrictStr = Field("cluster.local", description="Cluster DNS domain.")
+    native_sidecars: StrictBool = Field(
+        True,
+        description="true: sidecars are native (initContainers, restartPolicy Always; "
+        "Kubernetes 1.29+). false: appended to containers, and Job pods are not injected.",
+    )
+    images: Images = Field(default_factory=Images)
+    allow_image_override: StrictBool = Field(
+        False, description="May a pod declare cache-haproxy/cache-varnish with its own image?"
+    )
+    defaults: OptionValues = Field(
+        default_factory=OptionValues, description="Defaults for every pod annotation."
+    )
+    limits: Limits = Field(default_factory=Limits)
+    exclude_namespaces: list[StrictStr] = Field(
+        default_factory=list,
+        description="Namespaces never injected (kube-system, kube-public and kube-node-lease "
+        "always are).",
+    )
+    namespaces: dict[StrictStr, NamespacePolicy] = Field(
+        default_factory=dict, description="Per-namespace option defaults and backend allow-list."
+    )
+    on_missing_backend: Literal["skip", "deny"] = Field(
+        "skip", description="A selected pod with no backend: skip (allowed uninjected) or deny."
+    )
+    on_invalid: Literal["deny", "skip"] = Field(
+        "deny",
+        description="A pod with invalid options: deny, or skip (allowed uninjected, with a "
+        "warning).",
+    )
+    resources: SidecarResources = Field(default_factory=SidecarResources)
+    transient_size: StrictStr = Field(
+        "64Mi", description="Cap of Varnish's Transient storage (short-lived and uncached objects)."
+    )
+    sticky_session_secret: StrictStr = Field(
+        "",
+        description="Mixed into HAProxy's dynamic-cookie-key (with the backend FQDN), so "
+        "sticky cookies cannot be forged from a pod IP. Same in every replica.",
+    )
+    run_as_user: RunAsUser = Field(default_factory=RunAsUser)
+
+
+def _allowed(entry: BaseModel) -> list[str]:
+    allowed: list[str] = getattr(entry, "allowed_backend_namespaces")  # noqa: B009 (dynamic model)
+    return allowed
+
+
+def _option_strings(model: BaseModel) -> dict[str, str]:
+    """Option name -> annotation-style string, for the options that are set."""
+    out: dict[str, str] = {}
+    for spec in names.OPTIONS:
+        raw = getattr(model, spec.name)
+        if raw is None:
+            continue
+        out[spec.name] = ("true" if raw else "false") if isinstance(raw, bool) else str(raw)
+    return out
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A checked policy with the lookups the hot path needs, computed once."""
+
+    model: PolicyModel
+    defaults: dict[str, str]
+    namespace_options: dict[str, dict[str, str]]
+    allowed_backend_namespaces: dict[str, frozenset[str]]
+    excluded_namespaces: frozenset[str]
+    max_cache_size: int
+    transient_size: int
+    digest: str
+    source: str = "built-in"
+    warnings: tuple[str, ...] = field(default=())
+
+    def may_target(self, namespace: str, backend_namespace: str) -> bool:
+        """May pods of `namespace` use a Service in `backend_namespace`? Own namespace: yes."""
+        if namespace == backend_namespace:
+            return True
+        allowed = self.allowed_backend_namespaces.get(namespace, frozenset())
+        return "*" in allowed or backend_namespace in allowed
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _pydantic_problems(err: PydanticValidationError) -> list[str]:
+    problems = []
+    for item in err.errors():
+        location = _format_location(item["loc"])
+        value = item.get("input")
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{location}: unknown field: remove it or check its spelling")
+            continue
+        shown = json.dumps(value) if not isinstance(value, dict) else "(an object)"
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{location}: {shown}: {message}")
+    return problems
+
+
+def _check_option_values(path: str, options: dict[str, str], limits: Limits) -> list[str]:
+    problems: list[str] = []
+    max_cache = values.parse_size(limits.max_cache_size)
+    for name, text in options.items():
+        spec = names.OPTIONS_BY_NAME[name]
+        where = f"{path}.{spec.suffix}"
+        try:
+            parsed = values.parse_option_value(spec.kind, text, spec.low, spec.high)
+        except ValueError as err:
+            accepted = str(err) or accepted_text(spec, limits)
+            problems.append(f"{where}: {json.dumps(text)}: {accepted}")
+            continue
+        if name == "cache_size" and not MIN_CACHE_SIZE <= int(str(parsed)) <= max_cache:
+            problems.append(f"{where}: {json.dumps(text)}: {accepted_text(spec, limits)}")
+        if name == "max_backends" and int(str(parsed)) > limits.max_backends:
+            problems.append(f"{where}: {json.dumps(text)}: {accepted_text(spec, limits)}")
+    return problems
+
+
+def accepted_text(spec: names.OptionSpec, limits: Limits) -> str:
+    """The table's 'accepted' text with this policy's limits filled in."""
+    high = spec.high
+    if spec.name == "max_backends":
+        high = limits.max_backends
+    text = spec.accepted.format(high=high, limit=limits.max_cache_size)
+    if spec.name in ("max_backends", "cache_size"):
+        text += " (cluster policy limit)"
+    return text
+
+
+def _check_quantity(where: str, text: str | None, problems: list[str]) -> int | None:
+    """Bytes (or, for cpu, whole units rounded down) of a valid quantity above 0; else None."""
+    if text is None:
+        return None
+    try:
+        size = values.parse_quantity(text)
+    except ValueError:
+        problems.append(f"{where}: {json.dumps(text)}: a Kubernetes quantity such as 128Mi or 500m")
+        return None
+    if size <= 0:
+        problems.append(f"{where}: {json.dumps(text)}: a quantity above 0")
+        return None
+    return int(size)
+
+
+def _check_semantics(model: PolicyModel) -> list[str]:
+    problems: list[str] = []
+    if not values.DNS_SUBDOMAIN.match(model.cluster_domain) or len(model.cluster_domain) > 253:
+        problems.append(
+            f"clusterDomain: {json.dumps(model.cluster_domain)}: a DNS domain such as cluster.local"
+        )
+    max_cache = _check_quantity("limits.maxCacheSize", model.limits.max_cache_size, problems)
+    if max_cache is not None and max_cache < MIN_CACHE_SIZE:
+        problems.append(
+            f"limits.maxCacheSize: {json.dumps(model.limits.max_cache_size)}: at least 16Mi"
+        )
+    if problems:
+        return problems  # the option checks below need a valid limit
+    transient = _check_quantity("transientSize", model.transient_size, problems)
+    for index, namespace in enumerate(model.exclude_namespaces):
+        if not values.DNS_LABEL.match(namespace):
+            problems.append(f"excludeNamespaces.{index}: {json.dumps(namespace)}: a namespace name")
+    for which in ("haproxy", "varnish"):
+        image = getattr(model.images, which)
+        if not image or any(char.isspace() for char in image):
+            problems.append(f"images.{which}: {json.dumps(image)}: an image reference")
+        sidecar = getattr(model.resources, which)
+        for kind in ("requests", "limits"):
+            for resource in ("cpu", "memory", "ephemeral_storage"):
+                alias = resource.replace("_", "-")
+                _check_quantity(
+                    f"resources.{which}.{kind}.{alias}",
+                    getattr(getattr(sidecar, kind), resource),
+                    problems,
+                )
+    defaults = _option_strings(model.defaults)
+    problems += _check_option_values("defaults", defaults, model.limits)
+    for namespace, entry in model.namespaces.items():
+        path = f"namespaces.{namespace}"
+        if not values.DNS_LABEL.match(namespace):
+            problems.append(f"namespaces: {json.dumps(namespace)}: a namespace name")
+        own = _option_strings(entry)
+        problems += _check_option_values(path, own, model.limits)
+        for index, allowed in enumerate(_allowed(entry)):
+            if allowed != "*" and not values.DNS_LABEL.match(allowed):
+                problems.append(
+                    f"{path}.allowedBackendNamespaces.{index}: {json.dumps(allowed)}: "
+                    'a namespace name or "*"'
+                )
+    # The memory limit rule: a policy limit below what a full default cache needs is an
+    # OOM kill waiting to happen.
+    limit = model.resources.varnish.limits.memory
+    default_cache = defaults.get("cache_size", names.OPTIONS_BY_NAME["cache_size"].default)
+    assert default_cache is not None
+    try:
+        cache_size = values.parse_size(default_cache)
+    except ValueError:
+        cache_size = None
+    if limit and transient is not None and cache_size is not None:
+        size = _check_quantity("resources.varnish.limits.memory", limit, [])
+        needed = varnish_memory_limit(cache_size, transient)
+        if size is not None and size < needed:
+            problems.append(
+                f"resources.varnish.limits.memory: {json.dumps(limit)}: at least "
+                f"{values.format_quantity(needed)} (cache-size {default_cache} + transientSize "
+                f"{model.transient_size} + 128Mi workdir + 64Mi headroom), or leave it unset "
+                "to have it computed"
+            )
+    return problems
+
+
+def _check_backends(policy: Policy) -> list[str]:
+    """Namespace default backends must be ones that namespace may target and can discover."""
+    problems: list[str] = []
+    for namespace, entry in policy.namespace_options.items():
+        merged = {**policy.defaults, **entry}
+        if "backend" not in merged:
+            continue
+        backend = values.parse_backend(merged["backend"])
+        where = f"namespaces.{namespace}.backend"
+        if backend.namespace and not policy.may_target(namespace, backend.namespace):
+            problems.append(
+                f"{where}: {json.dumps(merged['backend'])}: a Service in {namespace}, or add "
+                f"{backend.namespace} to namespaces.{namespace}.allowedBackendNamespaces"
+            )
+        discovery = merged.get("discovery", "dns-a")
+        if discovery == "dns-a" and isinstance(backend.port, str):
+            problems.append(
+                f"{where}: {json.dumps(merged['backend'])}: a port number with discovery "
+                "dns-a; a port name needs discovery dns-srv"
+            )
+        if discovery == "dns-srv" and isinstance(backend.port, int):
+            problems.append(
+                f"{where}: {json.dumps(merged['backend'])}: a Service port name with "
+                "discovery dns-srv (SRV records are named _PORTNAME._tcp)"
+            )
+    return problems
+
+
+def build_policy(data: Any, source: str = "policy") -> Policy:
+    """Validate policy data (parsed YAML) and precompute its lookups; all problems at once."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidPolicy(
+            [f"(top level): {json.dumps(str(data))[:80]}: a mapping of policy fields"], source
+        )
+    try:
+        model = PolicyModel.model_validate(data)
+    except PydanticValidationError as err:
+        raise InvalidPolicy(_pydantic_problems(err), source) from None
+    problems = _check_semantics(model)
+    if problems:
+        raise InvalidPolicy(problems, source)
+    canonical = json.dumps(model.model_dump(mode="json", by_alias=True), sort_keys=True)
+    policy = Policy(
+        model=model,
+        defaults=_option_strings(model.defaults),
+        namespace_options={ns: _option_strings(entry) for ns, entry in model.namespaces.items()},
+        allowed_backend_namespaces={
+            ns: frozenset(_allowed(entry)) for ns, entry in model.namespaces.items()
+        },
+        excluded_namespaces=frozenset(names.SYSTEM_NAMESPACES) | set(model.exclude_namespaces),
+        max_cache_size=values.parse_size(model.limits.max_cache_size),
+        transient_size=values.parse_size(model.transient_size),
+        digest=hashlib.sha256(canonical.encode()).hexdigest()[:16],
+        source=source,
+    )
+    problems = _check_backends(policy)
+    if problems:
+        raise InvalidPolicy(problems, source)
+    return policy
+
+
+def load_policy_text(text: str, source: str = "policy") -> Policy:
+    """Parse a policy file's text (YAML or JSON)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise InvalidPolicy([f"(file): not valid YAML: {err}".replace("\n", " ")], source) from None
+    return build_policy(data, source)
+
+
+def default_policy() -> Policy:
+    """The embedded default policy (shipped in the package), used by `make run`."""
+    text = resources.files(__package__).joinpath("default-policy.yaml").read_text()
+    return load_policy_text(text, "embedded default policy")
+
+
+def policy_json_schema() -> dict[str, Any]:
+    """JSON Schema of the policy file (docs/policy.schema.json; the chart's values use it)."""
+    schema = PolicyModel.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "cache-injector cluster policy"
+    return schema

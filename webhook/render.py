@@ -1,0 +1,113 @@
+"""Render the VCL and haproxy.cfg for one pod from the sidecar-configs/ templates.
+
+Owns: template loading (compiled once; a missing or broken template fails start-up, never an
+admission) and the values the templates see. Does not: validate options (they arrive valid:
+every value that reaches a template passed a strict parser in values.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from . import __version__, names
+from .options import Options
+
+TEMPLATE_VCL = "default.vcl.j2"
+TEMPLATE_HAPROXY = "haproxy.cfg.j2"
+
+
+def templates_dir() -> Path:
+    """sidecar-configs/ inside the installed wheel, else the source tree's."""
+    packaged = Path(str(resources.files(__package__))) / "sidecar-configs"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "sidecar-configs"
+
+
+@dataclass(frozen=True)
+class Templates:
+    """The compiled templates; build once with load_templates()."""
+
+    vcl: jinja2.Template
+    haproxy_cfg: jinja2.Template
+
+
+def load_templates(directory: Path | None = None) -> Templates:
+    """Compile both templates now, so a broken one fails start-up, not a review."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(directory or templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=False,
+    )
+    return Templates(
+        vcl=environment.get_template(TEMPLATE_VCL),
+        haproxy_cfg=environment.get_template(TEMPLATE_HAPROXY),
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the backend is, resolved for one pod: its namespace and the cluster's domain."""
+
+    namespace: str
+    cluster_domain: str
+    sticky_secret: str
+
+
+@dataclass(frozen=True)
+class RenderedConfigs:
+    vcl: str | None  # None when a vcl-configmap replaces the generated VCL
+    haproxy_cfg: str
+
+    @property
+    def digest(self) -> str:
+        text = (self.vcl or "") + "\0" + self.haproxy_cfg
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cookie_key(fqdn: str, secret: str) -> str:
+    """dynamic-cookie-key: the same in every replica for one backend, not guessable alone."""
+    return hashlib.sha256(f"{secret}\0{fqdn}".encode()).hexdigest()[:32]
+
+
+def _template_values(options: Options, target: Target) -> dict[str, object]:
+    backend = options.backend
+    assert backend is not None, "render needs a backend; selection skips pods without one"
+    fqdn = backend.fqdn(target.namespace, target.cluster_domain)
+    return {
+        "version": __version__,
+        "backend_text": str(backend),
+        "fqdn": fqdn,
+        "port": backend.port,
+        "srv_name": f"_{backend.port}._tcp.{fqdn}",
+        "discovery": options.discovery,
+        "max_backends": options.max_backends,
+        "health_path": options.health_path,
+        "sticky_sessions": options.sticky_sessions,
+        "sticky_cookie": names.STICKY_COOKIE,
+        "cookie_key": cookie_key(fqdn, target.sticky_secret),
+        "default_ttl": options.default_ttl,
+        "grace": options.grace,
+        "local_port": names.HAPROXY_LOCAL_PORT,
+        "metrics_port": names.HAPROXY_METRICS_PORT,
+        "run_dir": names.HAPROXY_RUN_DIR,
+        "health_uri": names.HAPROXY_HEALTH_PATH,
+        "backends_up_path": names.HAPROXY_BACKENDS_UP_PATH,
+        "ready_path": names.VARNISH_READY_PATH,
+    }
+
+
+@functools.lru_cache(maxsize=1024)
+def render_configs(options: Options, target: Target, templates: Templates) -> RenderedConfigs:
+    """Both configs for one pod. Pure and cached: pods of one workload render once."""
+    context = _template_values(options, target)
+    vcl = None if options.vcl_configmap else templates.vcl.render(context)
+    return RenderedConfigs(vcl=vcl, haproxy_cfg=templates.haproxy_cfg.render(context))

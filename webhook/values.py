@@ -1,0 +1,181 @@
+"""Parsers for the value types our options use: quantities, durations, names, backends.
+
+Owns: the syntax of each value type, shared by annotations (options.py) and the policy.
+Does not: know annotation keys or defaults. Parsers raise ValueError; the message, when
+not empty, replaces the generic "what is accepted" text with a more precise one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|m|k|M|G|T)?$")
+_QUANTITY_FACTORS: dict[str | None, Decimal] = {
+    None: Decimal(1),
+    "m": Decimal("0.001"),
+    "Ki": Decimal(KIB),
+    "Mi": Decimal(MIB),
+    "Gi": Decimal(GIB),
+    "Ti": Decimal(1024 * GIB),
+    "k": Decimal(10**3),
+    "M": Decimal(10**6),
+    "G": Decimal(10**9),
+    "T": Decimal(10**12),
+}
+_DURATION = re.compile(r"^([0-9]{1,9})(s|m|h|d)$")
+_DURATION_FACTORS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_SECONDS = 365 * 86400
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# IANA service name, as Kubernetes validates port names.
+PORT_NAME = re.compile(r"^(?=.*[a-z])(?!.*--)[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
+# Characters safe inside an haproxy.cfg word and a VCL string without quoting.
+HTTP_PATH = re.compile(r"^/[A-Za-z0-9\-._~/%?=&+,:@]{0,255}$")
+
+
+def parse_quantity(text: str) -> Decimal:
+    """A Kubernetes quantity (plain, decimal or binary suffix, or milli) as a number."""
+    match = _QUANTITY.match(text)
+    if not match:
+        raise ValueError("")
+    try:
+        number = Decimal(match.group(1))
+    except InvalidOperation as err:  # pragma: no cover - the regex admits only decimals
+        raise ValueError("") from err
+    return number * _QUANTITY_FACTORS[match.group(2)]
+
+
+def parse_size(text: str) -> int:
+    """A memory quantity in whole bytes (rounded down)."""
+    return int(parse_quantity(text))
+
+
+def format_quantity(size: int) -> str:
+    """Bytes as the shortest exact binary quantity (128Mi), for messages and resources."""
+    for suffix, factor in (("Ti", 1024 * GIB), ("Gi", GIB), ("Mi", MIB), ("Ki", KIB)):
+        if size % factor == 0 and size >= factor:
+            return f"{size // factor}{suffix}"
+    return str(size)
+
+
+def parse_duration(text: str) -> int:
+    """A duration such as 120s, 5m, 6h or 1d, in seconds (0 to 365 days)."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError("")
+    seconds = int(match.group(1)) * _DURATION_FACTORS[match.group(2)]
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError("")
+    return seconds
+
+
+def parse_bool(text: str) -> bool:
+    """Exactly `true` or `false`, as Kubernetes annotations spell them."""
+    if text == "true":
+        return True
+    if text == "false":
+        return False
+    raise ValueError("")
+
+
+def parse_int(text: str, low: int, high: int) -> int:
+    """A decimal integer within bounds (no sign, no spaces, no leading zeros but 0)."""
+    if not re.fullmatch(r"0|[1-9][0-9]{0,8}", text):
+        raise ValueError("")
+    number = int(text)
+    if not low <= number <= high:
+        raise ValueError("")
+    return number
+
+
+def parse_http_path(text: str) -> str:
+    """An absolute HTTP path safe to place in haproxy.cfg and VCL unquoted."""
+    if not HTTP_PATH.match(text):
+        raise ValueError("")
+    return text
+
+
+def parse_dns_subdomain(text: str) -> str:
+    """A Kubernetes object name (DNS-1123 subdomain)."""
+    if len(text) > 253 or not DNS_SUBDOMAIN.match(text):
+        raise ValueError("")
+    return text
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The backend Service as the annotation names it; the namespace may be left to the pod."""
+
+    service: str
+    namespace: str | None
+    port: int | str
+
+    def fqdn(self, namespace: str, cluster_domain: str) -> str:
+        return f"{self.service}.{self.namespace or namespace}.svc.{cluster_domain}"
+
+    def __str__(self) -> str:
+        namespace = f".{self.namespace}" if self.namespace else ""
+        return f"{self.service}{namespace}:{self.port}"
+
+
+def parse_backend(text: str) -> Backend:
+    """SERVICE[.NAMESPACE]:PORT — PORT a number or a Service port name."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text:
+        raise ValueError("")
+    service, _, namespace = host.partition(".")
+    if not DNS_1035_LABEL.match(service):
+        raise ValueError(
+            "SERVICE[.NAMESPACE]:PORT where SERVICE is a Service name (lowercase letters, "
+            "digits and '-', starting with a letter, at most 63 characters)"
+        )
+    if namespace and not DNS_LABEL.match(namespace):
+        raise ValueError(
+            "SERVICE[.NAMESPACE]:PORT where NAMESPACE is a namespace name (lowercase letters, "
+            "digits and '-', at most 63 characters); not a full DNS name"
+        )
+    port: int | str
+    if port_text.isdigit():
+        port = int(port_text)
+        if not 1 <= port <= 65535 or port_text != str(port):
+            raise ValueError("SERVICE[.NAMESPACE]:PORT where PORT is from 1 to 65535")
+    elif PORT_NAME.match(port_text):
+        port = port_text
+    else:
+        raise ValueError(
+            "SERVICE[.NAMESPACE]:PORT where PORT is a number from 1 to 65535 or a Service "
+            "port name (at most 15 lowercase letters, digits and '-')"
+        )
+    return Backend(service, namespace or None, port)
+
+
+def parse_option_value(kind: str, text: str, low: int | None, high: int | None) -> object:
+    """Parse one option value by the kind named in the annotation table (names.OPTIONS)."""
+    if kind == "backend":
+        return parse_backend(text)
+    if kind.startswith("enum:"):
+        if text not in kind[len("enum:") :].split(","):
+            raise ValueError("")
+        return text
+    if kind == "int":
+        assert low is not None and high is not None
+        return parse_int(text, low, high)
+    if kind == "bool":
+        return parse_bool(text)
+    if kind == "quantity":
+        return parse_size(text)
+    if kind == "duration":
+        return parse_duration(text)
+    if kind == "path":
+        return parse_http_path(text)
+    if kind == "dns_subdomain":
+        return parse_dns_subdomain(text)
+    raise AssertionError(f"unknown option kind {kind}")
