@@ -72,7 +72,7 @@ def annotations_md() -> str:
 
 def _describe(schema: dict[str, Any], defs: dict[str, Any]) -> str:
     if "$ref" in schema:
-        return schema["$ref"].rsplit("/", 1)[-1]
+        return str(schema["$ref"]).rsplit("/", 1)[-1]
     if "anyOf" in schema:
         return " or ".join(_describe(s, defs) for s in schema["anyOf"])
     if "enum" in schema:
