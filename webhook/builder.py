@@ -260,11 +260,11 @@ def declared_ports(pod_spec: Mapping[str, Any]) -> list[tuple[str, int, str | No
     return found
 
 
-def check_ports(pod_spec: Mapping[str, Any], options: Options) -> list[InvalidAnnotation]:
+def check_ports(pod_spec: Mapping[str, Any], listen_port: int) -> list[InvalidAnnotation]:
     """Every sidecar port and port name against the pod's own; each clash names both sides."""
     listen_key = names.OPTIONS_BY_NAME["listen_port"].key
     ours = {
-        options.listen_port: (f"{names.CONTAINER_VARNISH} ({listen_key})", names.PORT_NAME_HTTP),
+        listen_port: (f"{names.CONTAINER_VARNISH} ({listen_key})", names.PORT_NAME_HTTP),
         names.HAPROXY_LOCAL_PORT: (f"{names.CONTAINER_HAPROXY} (local frontend)", None),
         names.HAPROXY_METRICS_PORT: (
             f"{names.CONTAINER_HAPROXY} (metrics)",
@@ -276,15 +276,15 @@ def check_ports(pod_spec: Mapping[str, Any], options: Options) -> list[InvalidAn
     for container, port, port_name in declared_ports(pod_spec):
         if port in ours:
             who, _ = ours[port]
-            key = listen_key if port == options.listen_port else f"container {container} port"
-            value = str(options.listen_port) if port == options.listen_port else str(port)
+            key = listen_key if port == listen_port else f"container {container} port"
+            value = str(port)
             problems.append(
                 PortClash(
                     key,
                     value,
                     f"port {port} is used by container {container} and needed by {who}; "
                     f"set {listen_key} to a free port from 1025 to 65535"
-                    if port == options.listen_port
+                    if port == listen_port
                     else f"port {port} is used by container {container} and needed by {who}; "
                     f"cache-haproxy always uses {names.HAPROXY_LOCAL_PORT} and "
                     f"{names.HAPROXY_METRICS_PORT}",

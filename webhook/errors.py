@@ -6,7 +6,7 @@ Skipping a pod is not an error (selection.py returns a Decision); only refusals 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 class CacheInjectorError(Exception):
@@ -40,9 +40,13 @@ class ImageOverrideNotAllowed(InvalidAnnotation):
 class InvalidOptions(CacheInjectorError):
     """Every problem found in one pod: parse everything, then report it in one denial."""
 
-    def __init__(self, problems: Sequence[InvalidAnnotation]) -> None:
+    def __init__(
+        self, problems: Sequence[InvalidAnnotation], parsed: Mapping[str, object] | None = None
+    ) -> None:
         super().__init__("; ".join(str(problem) for problem in problems))
         self.problems = tuple(problems)
+        # The values that did parse, so later checks (port clashes) still run.
+        self.parsed: Mapping[str, object] = parsed or {}
 
 
 class InvalidPolicy(CacheInjectorError):

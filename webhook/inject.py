@@ -102,10 +102,13 @@ def inject_pod(
         return Outcome(allowed=True, decision=decision)
     annotations = _annotations(pod)
     warnings = _label_warnings(pod) + unknown_annotation_warnings(annotations)
+    spec: Mapping[str, Any] = pod.get("spec") or {}
     try:
         options = resolve_options(annotations, namespace=namespace, policy=policy)
     except InvalidOptions as err:
-        return _refuse(err, policy, warnings)
+        listen_port = err.parsed.get("listen_port")
+        clashes = builder.check_ports(spec, listen_port) if isinstance(listen_port, int) else []
+        return _refuse(InvalidOptions([*err.problems, *clashes]), policy, warnings)
     if options.backend is None:
         backend_key = names.OPTIONS_BY_NAME["backend"].key
         if policy.model.on_missing_backend == "deny":
@@ -125,8 +128,7 @@ def inject_pod(
             options=options,
         )
 
-    spec: Mapping[str, Any] = pod.get("spec") or {}
-    problems = builder.check_ports(spec, options)
+    problems = builder.check_ports(spec, options.listen_port)
     containers, volumes = builder.build_sidecars(options, policy)
     declared = builder.user_declared(spec)
     merged: list[dict[str, Any]] = []

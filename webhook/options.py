@@ -100,7 +100,7 @@ def resolve_options(annotations: Mapping[str, str], *, namespace: str, policy: P
         parsed[spec.name] = value
     problems += _check_backend(parsed, texts, sources, namespace, policy)
     if problems:
-        raise InvalidOptions(problems)
+        raise InvalidOptions(problems, parsed)
     return Options(**parsed, sources=sources, texts=texts)  # type: ignore[arg-type]
 
 

@@ -1,0 +1,224 @@
+"""Every config we generate is checked by the real daemons — Debian's haproxy 2.6 / varnish 7.1
+and HAProxy 3.4 / Varnish 8.0 (the default images) — for a matrix of annotation values (each
+option at its edges) and for every corpus workload. A warning is a failure unless named below.
+
+Varnish is checked with the container's own arguments (`varnishd -C` validates `-p`), and
+`haproxy -c` runs on the exact haproxy.cfg the pod would mount.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import daemons
+from tests.conftest import CORPUS, make_pod, policy_from
+from webhook import names
+from webhook.builder import varnish_args
+from webhook.inject import inject_pod
+from webhook.policy import Policy, default_policy
+from webhook.render import load_templates
+from webhook.workloads import find_workloads, split_documents
+
+P = "cache-injector.io/"
+
+# (case id, extra annotations, policy data)
+MATRIX: list[tuple[str, dict[str, str], dict[str, object]]] = [
+    ("defaults", {}, {}),
+    ("max-backends-1", {P + "max-backends": "1"}, {}),
+    ("max-backends-256", {P + "max-backends": "256"}, {"limits": {"maxBackends": 256}}),
+    ("health-path", {P + "health-path": "/healthz"}, {}),
+    ("health-path-query", {P + "health-path": "/ready?full=1&x=%2F"}, {}),
+    ("cache-size-16Mi", {P + "cache-size": "16Mi"}, {}),
+    ("cache-size-4Gi", {P + "cache-size": "4Gi"}, {}),
+    ("cache-size-decimal", {P + "cache-size": "1500M"}, {}),
+    ("ttl-0s", {P + "default-ttl": "0s"}, {}),
+    ("ttl-365d", {P + "default-ttl": "365d", P + "grace": "365d"}, {}),
+    ("grace-0s", {P + "grace": "0s"}, {}),
+    ("listen-port-1025", {P + "listen-port": "1025"}, {}),
+    ("listen-port-65535", {P + "listen-port": "65535"}, {}),
+    ("sticky", {P + "sticky-sessions": "true"}, {}),
+    ("sticky-secret", {P + "sticky-sessions": "true"}, {"stickySessionSecret": "s3cr3t"}),
+    ("dns-srv", {P + "backend": "app:http", P + "discovery": "dns-srv"}, {}),
+    (
+        "everything",
+        {
+            P + "backend": "api.catalog:http-api",
+            P + "discovery": "dns-srv",
+            P + "sticky-sessions": "true",
+            P + "health-path": "/health",
+            P + "max-backends": "64",
+            P + "cache-size": "1Gi",
+        },
+        {"namespaces": {"shop": {"allowedBackendNamespaces": ["catalog"]}}},
+    ),
+    ("drain-0", {P + "drain-seconds": "0"}, {}),
+    ("cluster-domain", {}, {"clusterDomain": "k8s.example.internal"}),
+    ("transient", {}, {"transientSize": "1Gi"}),
+    ("vcl-configmap", {P + "vcl-configmap": "my-vcl"}, {}),
+]
+
+# Messages that are not warnings about our config.
+ACCEPTABLE = [
+    # varnishd -C on a workdir that is not tmpfs; in the pod it is a Memory emptyDir.
+    re.compile(r"^Info: Working directory not mounted on tmpfs partition$"),
+    # haproxy 2.6 prints this on success.
+    re.compile(r"^Configuration file is valid$"),
+]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    case: str
+    vcl: str | None
+    haproxy_cfg: str
+    varnish_args: tuple[str, ...]
+
+
+def _render(case: str, pod: Mapping[str, object], policy: Policy, namespace: str) -> Rendered:
+    outcome = inject_pod(
+        pod, namespace=namespace, operation="CREATE", policy=policy, templates=load_templates()
+    )
+    assert outcome.injected, (case, outcome.decision, outcome.error)
+    assert outcome.configs is not None and outcome.options is not None
+    args = varnish_args(outcome.options, policy)
+    return Rendered(case, outcome.configs.vcl, outcome.configs.haproxy_cfg, tuple(args))
+
+
+def _corpus_cases() -> Iterator[Rendered]:
+    policy = policy_from({"defaults": {"backend": "app:8080"}})
+    for path in sorted(CORPUS.glob("*.yaml")):
+        for workload in find_workloads(split_documents(path.read_text())):
+            outcome = inject_pod(
+                workload.template,
+                namespace=workload.namespace or "default",
+                operation="CREATE",
+                policy=policy,
+                templates=load_templates(),
+                namespace_labels={"cache-injector.io/inject": "enabled"},
+                owner_kind=workload.kind,
+            )
+            if outcome.injected:
+                yield _render(
+                    f"{path.stem}:{workload.title}",
+                    workload.template,
+                    policy,
+                    workload.namespace or "default",
+                )
+
+
+def _all_cases() -> list[Rendered]:
+    cases = []
+    for case, annotations, policy_data in MATRIX:
+        policy = policy_from(policy_data) if policy_data else default_policy()
+        cases.append(_render(case, make_pod(annotations=annotations), policy, "shop"))
+    return cases + list(_corpus_cases())
+
+
+CASES = _all_cases()
+
+
+def _unique(kind: str) -> list[tuple[str, str]]:
+    """(ids, text) of each distinct config, so identical configs are checked once."""
+    seen: dict[str, list[str]] = {}
+    texts: dict[str, str] = {}
+    for rendered in CASES:
+        if kind == "vcl":
+            if rendered.vcl is None:
+                continue
+            text = rendered.vcl + "\0" + " ".join(rendered.varnish_args)
+        else:
+            text = rendered.haproxy_cfg
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        seen.setdefault(digest, []).append(rendered.case)
+        texts[digest] = text
+    return [(names_[0] + (f"+{len(names_) - 1}" if len(names_) > 1 else ""), texts[d])
+            for d, names_ in seen.items()]  # fmt: skip
+
+
+def _problems(output: str) -> list[str]:
+    return [
+        line
+        for line in output.splitlines()
+        if line.strip() and not any(pattern.match(line.strip()) for pattern in ACCEPTABLE)
+    ]
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    # Not pytest's tmp_path: as root, varnishd -C cannot read a VCL in a 0700 directory.
+    with tempfile.TemporaryDirectory(prefix="cache-injector-check-") as directory:
+        Path(directory).chmod(0o755)
+        yield Path(directory)
+
+
+@pytest.mark.parametrize("label", daemons.HAPROXY_LABELS)
+@pytest.mark.parametrize(("case", "cfg"), [pytest.param(*c, id=c[0]) for c in _unique("cfg")])
+def test_haproxy_accepts_config(label: str, case: str, cfg: str, workdir: Path) -> None:
+    daemon = daemons.require(label)
+    path = workdir / f"{label}-{hashlib.sha256(cfg.encode()).hexdigest()[:12]}.cfg"
+    path.write_text(cfg)
+    path.chmod(0o644)
+    result = subprocess.run(
+        [daemon.path, "-c", "-f", str(path)], capture_output=True, text=True, timeout=60
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{label} rejected {case}:\n{output}"
+    assert not _problems(output), f"{label} warns on {case}:\n{output}"
+
+
+@pytest.mark.parametrize("label", daemons.VARNISH_LABELS)
+@pytest.mark.parametrize(
+    ("case", "vcl_and_args"), [pytest.param(*c, id=c[0]) for c in _unique("vcl")]
+)
+def test_varnishd_accepts_vcl_and_arguments(
+    label: str, case: str, vcl_and_args: str, workdir: Path
+) -> None:
+    daemon = daemons.require(label)
+    vcl, _, args_text = vcl_and_args.partition("\0")
+    stem = f"{label}-{hashlib.sha256(vcl_and_args.encode()).hexdigest()[:12]}"
+    path = workdir / f"{stem}.vcl"
+    path.write_text(vcl)
+    path.chmod(0o644)
+    args = _check_arguments(args_text.split(" "), workdir / stem, path)
+    result = subprocess.run([daemon.path, *args], capture_output=True, text=True, timeout=60)
+    head = result.stderr.split("/* ---===###", 1)[0]  # -C prints the generated C after this
+    assert result.returncode == 0, f"{label} rejected {case}:\n{head}\n{result.stdout[:2000]}"
+    assert not _problems(head), f"{label} warns on {case}:\n{head}"
+
+
+def _check_arguments(args: list[str], workdir: Path, vcl: Path) -> list[str]:
+    """The container's arguments with -C, a scratch workdir and the local VCL path."""
+    out = ["-C"]
+    skip_next = False
+    for index, arg in enumerate(args):
+        if skip_next:
+            skip_next = False
+            continue
+        if arg == "-F":
+            continue
+        if arg in ("-n", "-f"):
+            out += [arg, str(workdir if arg == "-n" else vcl)]
+            skip_next = True
+            continue
+        out.append(arg)
+        assert index < len(args)
+    return out
+
+
+def test_matrix_covers_every_option() -> None:
+    """Each annotation appears in the matrix, so a new option cannot skip the daemon check."""
+    used = {key for _, annotations, _ in MATRIX for key in annotations} | {P + "backend"}
+    assert {spec.key for spec in names.OPTIONS} <= used
+
+
+def test_corpus_is_covered() -> None:
+    files = {rendered.case.split(":")[0] for rendered in CASES if ":" in rendered.case}
+    assert len(files) >= 25, files

@@ -1,0 +1,249 @@
+"""Annotation values: every invalid value gets the one message format; valid ones parse;
+precedence is annotation > namespace-policy > policy-default > built-in; limits always win."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import policy_from
+from webhook.errors import (
+    BackendNamespaceNotAllowed,
+    InvalidOptions,
+    LimitExceeded,
+)
+from webhook.options import resolve_options, unknown_annotation_warnings
+from webhook.policy import Policy
+from webhook.values import MIB, Backend, parse_backend
+
+P = "cache-injector.io/"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("web:8080", Backend("web", None, 8080), id="service-and-number"),
+        pytest.param("web.shop:http", Backend("web", "shop", "http"), id="namespace-and-port-name"),
+        pytest.param("a:1", Backend("a", None, 1), id="shortest"),
+        pytest.param("web-api.team-a:65535", Backend("web-api", "team-a", 65535), id="max-port"),
+    ],
+)
+def test_parse_backend_accepts(value: str, expected: Backend) -> None:
+    assert parse_backend(value) == expected
+
+
+# (annotation, value, a phrase the message must contain): the message always reads
+# `<annotation>: <value> is invalid: <what is accepted>`.
+INVALID = [
+    pytest.param("backend", "web", "SERVICE[.NAMESPACE]:PORT", id="backend-no-port"),
+    pytest.param("backend", ":8080", "SERVICE[.NAMESPACE]:PORT", id="backend-no-service"),
+    pytest.param("backend", "web:", "SERVICE[.NAMESPACE]:PORT", id="backend-empty-port"),
+    pytest.param("backend", "Web:8080", "Service name", id="backend-uppercase"),
+    pytest.param("backend", "9web:8080", "starting with a letter", id="backend-digit-first"),
+    pytest.param(
+        "backend", "web.shop.svc.cluster.local:80", "not a full DNS name", id="backend-fqdn"
+    ),
+    pytest.param("backend", "web:0", "from 1 to 65535", id="backend-port-0"),
+    pytest.param("backend", "web:65536", "from 1 to 65535", id="backend-port-too-big"),
+    pytest.param("backend", "web:08080", "from 1 to 65535", id="backend-port-leading-zero"),
+    pytest.param("backend", "web:http_api", "port name", id="backend-bad-port-name"),
+    pytest.param("backend", "web:http", "with discovery dns-a", id="backend-name-needs-srv"),
+    pytest.param("discovery", "dns", "dns-a or dns-srv", id="discovery-unknown"),
+    pytest.param("discovery", "DNS-A", "dns-a or dns-srv", id="discovery-case"),
+    pytest.param("max-backends", "0", "from 1 to 128", id="max-backends-0"),
+    pytest.param("max-backends", "-1", "from 1 to 128", id="max-backends-negative"),
+    pytest.param("max-backends", "ten", "from 1 to 128", id="max-backends-word"),
+    pytest.param("max-backends", "4.5", "from 1 to 128", id="max-backends-fraction"),
+    pytest.param("health-path", "healthz", "absolute HTTP path", id="health-path-relative"),
+    pytest.param("health-path", "/a b", "absolute HTTP path", id="health-path-space"),
+    pytest.param("health-path", '/a"b', "absolute HTTP path", id="health-path-quote"),
+    pytest.param("health-path", "/a\nb", "absolute HTTP path", id="health-path-newline"),
+    pytest.param("health-path", "/a#b", "absolute HTTP path", id="health-path-hash"),
+    pytest.param("health-path", "/" + "a" * 300, "absolute HTTP path", id="health-path-long"),
+    pytest.param("cache-size", "256", "from 16Mi to 4Gi", id="cache-size-bytes-too-small"),
+    pytest.param("cache-size", "lots", "memory quantity", id="cache-size-word"),
+    pytest.param("cache-size", "0", "from 16Mi", id="cache-size-zero"),
+    pytest.param("cache-size", "", "memory quantity", id="cache-size-empty"),
+    pytest.param("cache-size", "-1Gi", "memory quantity", id="cache-size-negative"),
+    pytest.param("cache-size", "8Mi", "from 16Mi", id="cache-size-too-small"),
+    pytest.param("default-ttl", "-5s", "from 0s to 365d", id="ttl-negative"),
+    pytest.param("default-ttl", "120", "unit s, m, h or d", id="ttl-no-unit"),
+    pytest.param("default-ttl", "2w", "unit s, m, h or d", id="ttl-weeks"),
+    pytest.param("default-ttl", "400d", "from 0s to 365d", id="ttl-too-long"),
+    pytest.param("grace", "1.5h", "unit s, m, h or d", id="grace-fraction"),
+    pytest.param("listen-port", "80", "from 1025 to 65535", id="listen-port-80"),
+    pytest.param("listen-port", "70000", "from 1025 to 65535", id="listen-port-too-big"),
+    pytest.param("listen-port", "6090", "not 6090 or 6091", id="listen-port-haproxy-local"),
+    pytest.param("listen-port", "6091", "not 6090 or 6091", id="listen-port-haproxy-metrics"),
+    pytest.param("sticky-sessions", "yes", "true or false", id="sticky-yes"),
+    pytest.param("sticky-sessions", "True", "true or false", id="sticky-capital"),
+    pytest.param("drain-seconds", "301", "from 0 to 300", id="drain-too-long"),
+    pytest.param("drain-seconds", "-1", "from 0 to 300", id="drain-negative"),
+    pytest.param("vcl-configmap", "My_VCL", "ConfigMap name", id="vcl-configmap-bad-name"),
+]
+
+
+@pytest.mark.parametrize(("suffix", "value", "phrase"), INVALID)
+def test_invalid_annotation_message_names_key_value_and_accepted(
+    suffix: str, value: str, phrase: str, policy: Policy
+) -> None:
+    annotations = {P + "backend": "app:8080", P + suffix: value}
+    with pytest.raises(InvalidOptions) as caught:
+        resolve_options(annotations, namespace="shop", policy=policy)
+    messages = [str(problem) for problem in caught.value.problems]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith(f"{P}{suffix}: {value} is invalid: "), messages[0]
+    assert phrase in messages[0]
+
+
+def test_every_invalid_annotation_is_reported_at_once(policy: Policy) -> None:
+    annotations = {P + "backend": "web", P + "cache-size": "x", P + "grace": "forever"}
+    with pytest.raises(InvalidOptions) as caught:
+        resolve_options(annotations, namespace="shop", policy=policy)
+    assert {problem.key for problem in caught.value.problems} == {
+        P + "backend",
+        P + "cache-size",
+        P + "grace",
+    }
+
+
+@pytest.mark.parametrize(
+    ("suffix", "value", "field", "expected"),
+    [
+        pytest.param("max-backends", "1", "max_backends", 1, id="max-backends-low-edge"),
+        pytest.param("max-backends", "128", "max_backends", 128, id="max-backends-limit-edge"),
+        pytest.param("cache-size", "16Mi", "cache_size", 16 * MIB, id="cache-size-low-edge"),
+        pytest.param("cache-size", "4Gi", "cache_size", 4096 * MIB, id="cache-size-limit-edge"),
+        pytest.param("cache-size", "1G", "cache_size", 10**9, id="cache-size-decimal-suffix"),
+        pytest.param("default-ttl", "0s", "default_ttl", 0, id="ttl-zero"),
+        pytest.param("default-ttl", "5m", "default_ttl", 300, id="ttl-minutes"),
+        pytest.param("grace", "365d", "grace", 365 * 86400, id="grace-max"),
+        pytest.param("listen-port", "1025", "listen_port", 1025, id="listen-port-low-edge"),
+        pytest.param("listen-port", "65535", "listen_port", 65535, id="listen-port-high-edge"),
+        pytest.param("drain-seconds", "0", "drain_seconds", 0, id="drain-off"),
+        pytest.param("drain-seconds", "300", "drain_seconds", 300, id="drain-max"),
+        pytest.param("sticky-sessions", "true", "sticky_sessions", True, id="sticky-on"),
+        pytest.param("health-path", "/healthz?full=1", "health_path", "/healthz?full=1", id="hp"),
+    ],
+)
+def test_valid_annotation_values(
+    suffix: str, value: str, field: str, expected: object, policy: Policy
+) -> None:
+    options = resolve_options(
+        {P + "backend": "app:8080", P + suffix: value}, namespace="shop", policy=policy
+    )
+    assert getattr(options, field) == expected
+    assert options.sources[field] == "annotation"
+
+
+LAYERED = policy_from(
+    {
+        "defaults": {"cache-size": "256Mi", "grace": "1h", "backend": "app:8080"},
+        "namespaces": {"shop": {"cache-size": "512Mi", "backend": "catalog:9090"}},
+        "limits": {"maxCacheSize": "1Gi", "maxBackends": 64},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("namespace", "annotations", "field", "value", "source"),
+    [
+        pytest.param("shop", {P + "cache-size": "64Mi"}, "cache_size", 64 * MIB, "annotation",
+                     id="annotation-beats-namespace"),
+        pytest.param("shop", {}, "cache_size", 512 * MIB, "namespace-policy",
+                     id="namespace-beats-default"),
+        pytest.param("other", {}, "cache_size", 256 * MIB, "policy-default",
+                     id="default-when-no-namespace-entry"),
+        pytest.param("shop", {}, "grace", 3600, "policy-default",
+                     id="namespace-entry-without-option-falls-through"),
+        pytest.param("shop", {}, "default_ttl", 120, "built-in", id="built-in-last"),
+        pytest.param("shop", {}, "backend", Backend("catalog", None, 9090), "namespace-policy",
+                     id="namespace-default-backend"),
+        pytest.param("other", {}, "backend", Backend("app", None, 8080), "policy-default",
+                     id="cluster-default-backend"),
+    ],
+)  # fmt: skip
+def test_precedence(
+    namespace: str, annotations: dict[str, str], field: str, value: object, source: str
+) -> None:
+    options = resolve_options(annotations, namespace=namespace, policy=LAYERED)
+    assert getattr(options, field) == value
+    assert options.sources[field] == source
+
+
+@pytest.mark.parametrize(
+    ("suffix", "value", "limit_text"),
+    [
+        pytest.param("cache-size", "2Gi", "from 16Mi to 1Gi", id="cache-size-over-limit"),
+        pytest.param("max-backends", "65", "from 1 to 64", id="max-backends-over-limit"),
+    ],
+)
+def test_limits_always_win(suffix: str, value: str, limit_text: str) -> None:
+    with pytest.raises(InvalidOptions) as caught:
+        resolve_options({P + suffix: value}, namespace="shop", policy=LAYERED)
+    (problem,) = caught.value.problems
+    assert isinstance(problem, LimitExceeded)
+    assert limit_text in str(problem)
+    assert "(cluster policy limit)" in str(problem)
+
+
+CROSS = policy_from(
+    {"namespaces": {"shop": {"allowedBackendNamespaces": ["catalog"]}, "ops": {
+        "allowedBackendNamespaces": ["*"]}}}
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("namespace", "backend", "allowed"),
+    [
+        pytest.param("shop", "app.shop:80", True, id="own-namespace-spelled-out"),
+        pytest.param("shop", "app:80", True, id="own-namespace-implied"),
+        pytest.param("shop", "api.catalog:80", True, id="listed-namespace"),
+        pytest.param("shop", "api.billing:80", False, id="unlisted-namespace"),
+        pytest.param("blog", "api.catalog:80", False, id="no-entry-own-only"),
+        pytest.param("ops", "api.billing:80", True, id="wildcard"),
+    ],
+)
+def test_cross_namespace_backend_needs_policy(namespace: str, backend: str, allowed: bool) -> None:
+    annotations = {P + "backend": backend}
+    if allowed:
+        assert resolve_options(annotations, namespace=namespace, policy=CROSS).backend
+        return
+    with pytest.raises(InvalidOptions) as caught:
+        resolve_options(annotations, namespace=namespace, policy=CROSS)
+    (problem,) = caught.value.problems
+    assert isinstance(problem, BackendNamespaceNotAllowed)
+    assert f"namespaces.{namespace}.allowedBackendNamespaces" in str(problem)
+
+
+def test_dns_srv_needs_a_port_name(policy: Policy) -> None:
+    with pytest.raises(InvalidOptions, match="must be a Service port name"):
+        resolve_options(
+            {P + "backend": "app:8080", P + "discovery": "dns-srv"}, namespace="s", policy=policy
+        )
+    options = resolve_options(
+        {P + "backend": "app:http", P + "discovery": "dns-srv"}, namespace="s", policy=policy
+    )
+    assert options.backend == Backend("app", None, "http")
+
+
+@pytest.mark.parametrize(
+    ("key", "warning"),
+    [
+        pytest.param(P + "cache-sise", "did you mean cache-injector.io/cache-size?", id="typo"),
+        pytest.param(P + "inject", "is a label, not an annotation", id="label-as-annotation"),
+        pytest.param(P + "frobnicate", "is ignored", id="unknown"),
+    ],
+)
+def test_unknown_annotation_keys_are_reported(key: str, warning: str) -> None:
+    (message,) = unknown_annotation_warnings({key: "x", "other.io/x": "y", P + "grace": "1h"})
+    assert message.startswith(key)
+    assert warning in message
+
+
+def test_non_string_annotation_value_is_invalid_not_a_crash(policy: Policy) -> None:
+    with pytest.raises(InvalidOptions, match="max-backends"):
+        resolve_options(
+            {P + "backend": "a:1", P + "max-backends": 5},  # type: ignore[dict-item]
+            namespace="s",
+            policy=policy,
+        )
