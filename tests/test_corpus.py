@@ -149,9 +149,9 @@ def test_injected_pods_validate_with_every_option(policy_file: Path) -> None:
         {"cache-injector.io/backend": "app:http", "cache-injector.io/discovery": "dns-srv"},
         {"cache-injector.io/vcl-configmap": "my-vcl", "cache-injector.io/drain-seconds": "0"},
     ]
-    for annotations in variants:
+    for extra in variants:
         obj = copy.deepcopy(base)
-        obj["spec"]["template"]["metadata"].setdefault("annotations", {}).update(annotations)
+        obj["spec"]["template"]["metadata"].setdefault("annotations", {}).update(extra)
         result = run_cli(
             "inject", "-f", "-", "--policy", str(policy_file), *SELECT, stdin=yaml.safe_dump(obj)
         )

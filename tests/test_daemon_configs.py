@@ -116,9 +116,9 @@ def _corpus_cases() -> Iterator[Rendered]:
 
 def _all_cases() -> list[Rendered]:
     cases = []
-    for case, annotations, policy_data in MATRIX:
+    for case, extra, policy_data in MATRIX:
         policy = policy_from(policy_data) if policy_data else default_policy()
-        cases.append(_render(case, make_pod(annotations=annotations), policy, "shop"))
+        cases.append(_render(case, make_pod(annotations=extra), policy, "shop"))
     return cases + list(_corpus_cases())
 
 
