@@ -125,7 +125,7 @@ def shared_options(command: Any) -> Any:
             click.option(
                 "--namespace-labels",
                 help="Labels of that namespace, to simulate a labelled one: "
-                "cache-injector.io/inject=enabled",
+                f"{names.LABEL_INJECT}={names.LABEL_ENABLED}",
             ),
         ]
     ):

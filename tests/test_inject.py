@@ -1,0 +1,261 @@
+"""The engine end to end on pods: what the injected pod looks like, the rules of DESIGN.md
+("The injected pod"), warnings, denials and idempotency."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from tests.conftest import make_pod, policy_from
+from webhook.errors import ImageOverrideNotAllowed, InvalidOptions, PortClash
+from webhook.inject import Outcome, inject_pod
+from webhook.policy import Policy
+from webhook.render import Templates
+
+P = "cache-injector.io/"
+
+
+def run(
+    pod: dict[str, Any], policy: Policy, templates: Templates, namespace: str = "shop"
+) -> Outcome:
+    return inject_pod(
+        pod, namespace=namespace, operation="CREATE", policy=policy, templates=templates
+    )
+
+
+def injected_pod(
+    pod: dict[str, Any], policy: Policy, templates: Templates, namespace: str = "shop"
+) -> dict[str, Any]:
+    outcome = run(pod, policy, templates, namespace)
+    assert outcome.injected, (outcome.decision, outcome.error)
+    result: dict[str, Any] = jsonpatch.apply_patch(pod, outcome.patch)
+    return result
+
+
+def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    spec = pod["spec"]
+    found = [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == name]
+    assert len(found) == 1, f"{name} appears {len(found)} times"
+    return found[0]
+
+
+def test_native_sidecars_come_first_in_order(policy: Policy, templates: Templates) -> None:
+    pod = make_pod(spec={"initContainers": [{"name": "migrate", "image": "busybox"}]})
+    result = injected_pod(pod, policy, templates)
+    names_ = [c["name"] for c in result["spec"]["initContainers"]]
+    assert names_ == ["cache-haproxy", "cache-varnish", "migrate"]
+    assert all(c["restartPolicy"] == "Always" for c in result["spec"]["initContainers"][:2])
+    assert [c["name"] for c in result["spec"]["containers"]] == ["app"]
+
+
+def test_regular_sidecars_fallback(templates: Templates) -> None:
+    policy = policy_from({"nativeSidecars": False})
+    result = injected_pod(make_pod(), policy, templates)
+    assert [c["name"] for c in result["spec"]["containers"]] == [
+        "app",
+        "cache-haproxy",
+        "cache-varnish",
+    ]
+    varnish = container(result, "cache-varnish")
+    assert "restartPolicy" not in varnish
+    assert varnish["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "5"]}}
+
+
+def test_restricted_security_context_on_both(policy: Policy, templates: Templates) -> None:
+    result = injected_pod(make_pod(), policy, templates)
+    for name, uid in (("cache-haproxy", 99), ("cache-varnish", 1000)):
+        context = container(result, name)["securityContext"]
+        assert context["runAsNonRoot"] is True
+        assert context["runAsUser"] == uid
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_openshift_style_policy_leaves_uid_to_the_platform(templates: Templates) -> None:
+    policy = policy_from({"runAsUser": {"haproxy": None, "varnish": None}})
+    result = injected_pod(make_pod(), policy, templates)
+    assert "runAsUser" not in container(result, "cache-varnish")["securityContext"]
+
+
+@pytest.mark.parametrize(
+    ("cache_size", "transient", "limit"),
+    [
+        pytest.param("128Mi", "64Mi", "384Mi", id="defaults"),
+        pytest.param("1Gi", "64Mi", "1280Mi", id="bigger-cache"),
+        pytest.param("128Mi", "256Mi", "576Mi", id="bigger-transient"),
+    ],
+)
+def test_varnish_memory_limit_rule(
+    cache_size: str, transient: str, limit: str, templates: Templates
+) -> None:
+    policy = policy_from({"transientSize": transient})
+    pod = make_pod(annotations={P + "cache-size": cache_size})
+    varnish = container(injected_pod(pod, policy, templates), "cache-varnish")
+    assert varnish["resources"]["limits"]["memory"] == limit
+    assert varnish["resources"]["requests"]["memory"] == limit
+    assert f"Transient=malloc,{transient.removesuffix('Mi')}M" in varnish["args"]
+
+
+def test_policy_memory_limit_above_the_floor_is_kept(templates: Templates) -> None:
+    policy = policy_from({"resources": {"varnish": {"limits": {"memory": "1Gi"}}}})
+    varnish = container(injected_pod(make_pod(), policy, templates), "cache-varnish")
+    assert varnish["resources"]["limits"]["memory"] == "1Gi"
+
+
+def test_fqdn_uses_the_request_namespace_when_the_pod_has_none(
+    policy: Policy, templates: Templates
+) -> None:
+    pod = make_pod(namespace=None)
+    outcome = run(pod, policy, templates, namespace="team-a")
+    assert outcome.configs is not None
+    assert "server-template pod 32 app.team-a.svc.cluster.local:8080" in outcome.configs.haproxy_cfg
+
+
+def test_dns_srv_discovery_queries_the_named_port(policy: Policy, templates: Templates) -> None:
+    pod = make_pod(annotations={P + "backend": "app.catalog:http", P + "discovery": "dns-srv"})
+    policy = policy_from({"namespaces": {"shop": {"allowedBackendNamespaces": ["catalog"]}}})
+    outcome = run(pod, policy, templates)
+    assert outcome.configs is not None
+    assert "server-template pod 32 _http._tcp.app.catalog.svc.cluster.local\n" in (
+        outcome.configs.haproxy_cfg
+    )
+
+
+def test_sticky_sessions_use_a_dynamic_cookie_shared_by_replicas(
+    policy: Policy, templates: Templates
+) -> None:
+    def cfg(name: str) -> str:
+        pod = make_pod(name=name, annotations={P + "sticky-sessions": "true"})
+        outcome = run(pod, policy, templates)
+        assert outcome.configs is not None
+        return outcome.configs.haproxy_cfg
+
+    first, second = cfg("web-0"), cfg("web-1")
+    assert "cookie CACHESRV insert indirect httponly dynamic" in first
+    assert "dynamic-cookie-key " in first
+    assert first == second, "every replica must compute the same cookie for a backend pod"
+    other_secret = policy_from({"stickySessionSecret": "other"})
+    outcome = run(make_pod(annotations={P + "sticky-sessions": "true"}), other_secret, templates)
+    assert outcome.configs is not None and outcome.configs.haproxy_cfg != first
+
+
+def test_health_path_becomes_an_http_check(policy: Policy, templates: Templates) -> None:
+    outcome = run(make_pod(annotations={P + "health-path": "/healthz"}), policy, templates)
+    assert outcome.configs is not None
+    cfg = outcome.configs.haproxy_cfg
+    assert "http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host app.shop" in cfg
+    plain = run(make_pod(), policy, templates)
+    assert plain.configs is not None and "httpchk" not in plain.configs.haproxy_cfg
+
+
+def test_user_declared_container_is_completed_not_duplicated(
+    policy: Policy, templates: Templates
+) -> None:
+    pod = make_pod()
+    pod["spec"]["containers"].append(
+        {"name": "cache-varnish", "env": [{"name": "TZ", "value": "UTC"}]}
+    )
+    result = injected_pod(pod, policy, templates)
+    varnish = container(result, "cache-varnish")
+    assert varnish["env"] == [{"name": "TZ", "value": "UTC"}]
+    assert varnish["command"] == ["varnishd"]
+    assert varnish in result["spec"]["initContainers"]
+
+
+def test_user_image_override_needs_policy_permission(templates: Templates) -> None:
+    pod = make_pod()
+    pod["spec"]["containers"].append({"name": "cache-haproxy", "image": "haproxy:2.8"})
+    outcome = run(pod, policy_from({}), templates)
+    assert not outcome.allowed
+    assert isinstance(outcome.error, InvalidOptions)
+    assert isinstance(outcome.error.problems[0], ImageOverrideNotAllowed)
+    allowed = run(pod, policy_from({"allowImageOverride": True}), templates)
+    assert allowed.injected
+
+
+def test_port_clash_names_both_containers(policy: Policy, templates: Templates) -> None:
+    outcome = run(make_pod(ports=[6081]), policy, templates)
+    assert not outcome.allowed and isinstance(outcome.error, InvalidOptions)
+    (problem,) = outcome.error.problems
+    assert isinstance(problem, PortClash)
+    assert "container app" in str(problem) and "cache-varnish" in str(problem)
+    assert run(make_pod(ports=[6081], annotations={P + "listen-port": "7000"}), policy,
+               templates).injected  # fmt: skip
+
+
+def test_on_invalid_skip_lets_the_pod_through_with_a_warning(templates: Templates) -> None:
+    policy = policy_from({"onInvalid": "skip"})
+    outcome = run(make_pod(annotations={P + "grace": "forever"}), policy, templates)
+    assert outcome.allowed and not outcome.patch
+    assert outcome.decision.reason == "invalid_skipped"
+    assert any("cache-injector.io/grace: forever is invalid" in w for w in outcome.warnings)
+
+
+@pytest.mark.parametrize(
+    ("on_missing", "allowed", "reason"),
+    [
+        pytest.param("skip", True, "no_backend", id="skip"),
+        pytest.param("deny", False, "invalid", id="deny"),
+    ],
+)
+def test_missing_backend(on_missing: str, allowed: bool, reason: str, templates: Templates) -> None:
+    policy = policy_from({"onMissingBackend": on_missing})
+    outcome = run(make_pod(backend=None), policy, templates)
+    assert (outcome.allowed, outcome.decision.reason, outcome.patch) == (allowed, reason, [])
+
+
+def test_short_grace_period_warns_and_is_not_changed(policy: Policy, templates: Templates) -> None:
+    pod = make_pod(spec={"terminationGracePeriodSeconds": 5})
+    outcome = run(pod, policy, templates)
+    assert any("terminationGracePeriodSeconds 5" in w for w in outcome.warnings)
+    assert jsonpatch.apply_patch(pod, outcome.patch)["spec"]["terminationGracePeriodSeconds"] == 5
+
+
+def test_user_memory_limit_below_the_floor_warns(policy: Policy, templates: Templates) -> None:
+    pod = make_pod()
+    pod["spec"]["containers"].append(
+        {"name": "cache-varnish", "resources": {"limits": {"memory": "200Mi"}}}
+    )
+    outcome = run(pod, policy, templates)
+    assert outcome.injected
+    assert any("OOM-killed" in w for w in outcome.warnings)
+
+
+def test_reinjection_is_a_no_op(policy: Policy, templates: Templates) -> None:
+    once = injected_pod(make_pod(), policy, templates)
+    again = run(once, policy, templates)
+    assert again.allowed and again.patch == []
+    assert again.decision.reason == "already_injected"
+
+
+def test_drain_seconds_zero_means_no_prestop(policy: Policy, templates: Templates) -> None:
+    pod = make_pod(annotations={P + "drain-seconds": "0"})
+    assert "lifecycle" not in container(injected_pod(pod, policy, templates), "cache-varnish")
+
+
+def test_vcl_configmap_replaces_the_generated_vcl(policy: Policy, templates: Templates) -> None:
+    result = injected_pod(make_pod(annotations={P + "vcl-configmap": "my-vcl"}), policy, templates)
+    assert P + "vcl" not in result["metadata"]["annotations"]
+    volume = next(v for v in result["spec"]["volumes"] if v["name"] == "cache-varnish-config")
+    assert volume["configMap"]["name"] == "my-vcl"
+    probe = container(result, "cache-varnish")["readinessProbe"]
+    assert "tcpSocket" in probe, "a user's VCL may not answer /.cache/ready"
+
+
+def test_configs_reach_the_containers_through_the_downward_api(
+    policy: Policy, templates: Templates
+) -> None:
+    result = injected_pod(make_pod(), policy, templates)
+    annotations = result["metadata"]["annotations"]
+    volumes = {v["name"]: v for v in result["spec"]["volumes"]}
+    for volume, key in (("cache-haproxy-config", P + "haproxy-cfg"), ("cache-varnish-config",
+                                                                       P + "vcl")):  # fmt: skip
+        (item,) = volumes[volume]["downwardAPI"]["items"]
+        assert item["fieldRef"]["fieldPath"] == f"metadata.annotations['{key}']"
+        assert annotations[key]
+    workdir = volumes["cache-varnish-workdir"]["emptyDir"]
+    assert workdir == {"medium": "Memory", "sizeLimit": "128Mi"}
