@@ -80,7 +80,7 @@ def test_hostile_annotations_never_escape_into_configs(annotations: dict[str, st
                     st.fixed_dictionaries({"containerPort": st.integers(1, 65535)}), max_size=3
                 )
             },
-        ),  # fmt: skip
+        ),
         min_size=1,
         max_size=4,
         unique_by=lambda c: c["name"],
