@@ -1,0 +1,165 @@
+"""Backend "pods": small HTTP servers, one per address, that say which pod answered.
+
+Owns: what a backend sends and what it counted. Every response carries `X-Pod: <name>`; the
+path prefix decides its caching headers:
+- `/static/...`  `Cache-Control: public, max-age=300`
+- `/short/...`   `Cache-Control: public, max-age=2` (expires quickly: grace is what serves it)
+- `/plain/...`   no caching headers (Varnish's default TTL applies)
+- `/nocache/...` `Cache-Control: no-store` (every request goes to a backend pod)
+- `/session/...` no caching headers, but `Set-Cookie: session=<pod>` (the app's own cookie)
+- `/healthz`     200, or 503 after set_healthy(False)
+anything else is a 404. Requests are counted per path, with the cookies they carried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.e2e.netns import Netns
+
+CACHE_CONTROL = {
+    "/static/": "public, max-age=300",
+    "/short/": "public, max-age=2",
+    "/plain/": None,
+    "/nocache/": "no-store",
+    "/session/": None,
+}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, pod: BackendPod) -> None:
+        self.pod = pod
+        self.connections: dict[socket.socket, bool] = {}  # socket -> busy
+        self.connections_lock = threading.Lock()
+        super().__init__((pod.ip, pod.port), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections[request] = False
+        super().process_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a peer closing a kept-alive connection is normal here, not worth a traceback
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.pop(request, None)
+        super().shutdown_request(request)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _busy(self, busy: bool) -> None:
+        with self.server.connections_lock:
+            if self.connection in self.server.connections:
+                self.server.connections[self.connection] = busy
+
+    def do_GET(self) -> None:
+        pod = self.server.pod
+        self._busy(True)
+        try:
+            path = self.path.split("?", 1)[0]
+            pod.count(path, self.headers.get("Cookie"))
+            headers: dict[str, str] = {"X-Pod": pod.name, "Content-Type": "text/plain"}
+            if path == "/healthz":
+                status = 200 if pod.healthy else 503
+                headers["Cache-Control"] = "no-store"
+            else:
+                prefix = next((p for p in CACHE_CONTROL if path.startswith(p)), None)
+                status = 404 if prefix is None else 200
+                cache_control = "no-store" if prefix is None else CACHE_CONTROL[prefix]
+                if cache_control:
+                    headers["Cache-Control"] = cache_control
+            if path.startswith("/session/"):
+                headers["Set-Cookie"] = f"session={pod.name}; Path=/"
+            body = f"{pod.name} {path}\n".encode()
+            if pod.stopping:
+                headers["Connection"] = "close"
+                self.close_connection = True
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        finally:
+            self._busy(False)
+
+    do_HEAD = do_GET  # noqa: N815 - the stdlib's handler name
+
+
+class BackendPod:
+    """One backend pod: an HTTP server on ip:port inside the namespace."""
+
+    def __init__(self, netns: Netns, name: str, ip: str, port: int = 8080) -> None:
+        self.netns, self.name, self.ip, self.port = netns, name, ip, port
+        self.healthy = True
+        self.stopping = False
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.cookies: list[str] = []
+        self.last_request_at = 0.0
+        self._server: _Server | None = None
+
+    def count(self, path: str, cookie: str | None) -> None:
+        with self._lock:
+            self.requests[path] += 1
+            self.last_request_at = time.monotonic()
+            if cookie:
+                self.cookies.append(cookie)
+
+    def total(self, prefix: str = "") -> int:
+        with self._lock:
+            return sum(n for path, n in self.requests.items() if path.startswith(prefix))
+
+    def set_healthy(self, healthy: bool) -> None:
+        self.healthy = healthy
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        self.stopping = False
+        server = self.netns.call(lambda: _Server(self))
+        threading.Thread(
+            target=server.serve_forever, name=f"backend-{self.name}", daemon=True
+        ).start()
+        self._server = server
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Stop like a pod: no new connections; graceful finishes requests in progress first."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self.stopping = True
+        server.shutdown()
+        server.server_close()
+        deadline = time.monotonic() + (5 if graceful else 0)
+        while True:
+            with server.connections_lock:
+                idle = [s for s, busy in server.connections.items() if not busy or not graceful]
+                busy_left = len(server.connections) - len(idle)
+            for sock in idle:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            if not busy_left or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)

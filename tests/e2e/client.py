@@ -1,0 +1,169 @@
+"""HTTP clients inside the pod's network namespace: single requests and steady traffic.
+
+Owns: what a request saw (status, X-Cache, X-Pod, timing, transport error) and counting
+errors. A new connection per request, as a client pod behind a Service would mostly make.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from tests.e2e.netns import Netns
+
+
+@dataclass(frozen=True)
+class Reply:
+    at: float  # time.monotonic() when sent
+    path: str
+    status: int  # 0: no HTTP response (the error says why)
+    headers: Mapping[str, str]  # lower-case names; Set-Cookie values joined by "\n"
+    body: str
+    elapsed: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 400
+
+    @property
+    def cache(self) -> str:
+        return self.headers.get("x-cache", "")
+
+    @property
+    def pod(self) -> str:
+        return self.headers.get("x-pod", "")
+
+    def describe(self) -> str:
+        what = self.error or f"{self.status} X-Cache={self.cache} X-Pod={self.pod}"
+        return f"{self.path}: {what} ({self.elapsed:.2f} s)"
+
+
+class Client:
+    """Requests to host:port from inside the namespace."""
+
+    def __init__(self, netns: Netns, host: str, port: int, *, workers: int = 8) -> None:
+        self.host, self.port = host, port
+        self.pool = netns.executor(workers)
+
+    def _send(
+        self,
+        path: str,
+        method: str,
+        headers: Mapping[str, str],
+        source: str | None,
+        timeout: float,
+        host: str | None,
+    ) -> Reply:
+        began = time.monotonic()
+        connection = http.client.HTTPConnection(
+            host or self.host,
+            self.port,
+            timeout=timeout,
+            source_address=(source, 0) if source else None,
+        )
+        try:
+            connection.request(method, path, headers={"Connection": "close", **headers})
+            response = connection.getresponse()
+            body = response.read().decode(errors="replace")
+            collected: dict[str, str] = {}
+            for name, value in response.getheaders():
+                key = name.lower()
+                collected[key] = f"{collected[key]}\n{value}" if key in collected else value
+            return Reply(began, path, response.status, collected, body, time.monotonic() - began)
+        except (OSError, http.client.HTTPException) as err:
+            error = f"{type(err).__name__}: {err}"
+            return Reply(began, path, 0, {}, "", time.monotonic() - began, error)
+        finally:
+            connection.close()
+
+    def submit(
+        self,
+        path: str,
+        *,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+        source: str | None = None,
+        timeout: float = 10,
+        host: str | None = None,
+    ) -> Future[Reply]:
+        return self.pool.submit(
+            self._send, path, method, dict(headers or {}), source, timeout, host
+        )
+
+    def get(self, path: str, **options: object) -> Reply:
+        """One request; options as submit()'s (method, headers, source, timeout, host)."""
+        return self.submit(path, **options).result(timeout=60)  # type: ignore[arg-type]
+
+
+class Traffic:
+    """Steady open-loop traffic: `rate` requests a second, path from paths(i), until stop()."""
+
+    def __init__(
+        self,
+        client: Client,
+        paths: Callable[[int], str],
+        *,
+        rate: float,
+        headers: Mapping[str, str] | None = None,
+        limit_seconds: float = 300,
+    ) -> None:
+        self.client, self.paths, self.rate = client, paths, rate
+        self.headers = dict(headers or {})
+        self.limit_seconds = limit_seconds
+        self._futures: list[Future[Reply]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        self.started_at = 0.0
+
+    def start(self) -> Traffic:
+        self.started_at = time.monotonic()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        index = 0
+        while not self._stop.is_set():
+            due = self.started_at + index / self.rate
+            if due - self.started_at > self.limit_seconds:
+                break
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                break
+            path = self.paths(index)
+            self._futures.append(self.client.submit(path, headers=self.headers, timeout=10))
+            index += 1
+
+    def stop(self) -> list[Reply]:
+        """Stop sending, wait for the answers, return every reply in the order sent."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return [future.result(timeout=30) for future in list(self._futures)]
+
+    def replies_so_far(self) -> list[Reply]:
+        return [future.result() for future in list(self._futures) if future.done()]
+
+
+def errors(replies: Iterable[Reply]) -> list[Reply]:
+    return [reply for reply in replies if not reply.ok]
+
+
+def between(replies: Iterable[Reply], start: float, end: float = float("inf")) -> list[Reply]:
+    return [reply for reply in replies if start <= reply.at < end]
+
+
+def pods(replies: Iterable[Reply]) -> Counter[str]:
+    return Counter(reply.pod for reply in replies if reply.ok)
+
+
+def error_summary(replies: Iterable[Reply], origin: float, limit: int = 8) -> str:
+    """The first few failures, with their time relative to origin."""
+    bad = errors(replies)
+    lines = [f"t={reply.at - origin:+.1f}s {reply.describe()}" for reply in bad[:limit]]
+    if len(bad) > limit:
+        lines.append(f"... and {len(bad) - limit} more")
+    return "\n".join(lines)

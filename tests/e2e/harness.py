@@ -1,0 +1,290 @@
+"""One injected pod in its own little cluster: a network namespace with cluster DNS, backend
+pods of the Service `app` in namespace `shop`, and the pod's sidecars, all on 127.x addresses.
+
+Owns: the addresses, putting the pieces together, and taking all of them down again (in
+close(), which runs even when starting failed half-way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tests import daemons
+from tests.e2e.backends import BackendPod
+from tests.e2e.client import Client
+from tests.e2e.clusterdns import ClusterDNS, PodRecord, Service
+from tests.e2e.netns import Netns
+from tests.e2e.podrunner import BASE_DIR, PodRunner, inject
+from tests.e2e.scenarios import record
+
+NAMESPACE = "shop"
+SERVICE = "app"
+SERVICE_PORT_NAME = "http"
+BACKEND_PORT = 8080
+FQDN = f"{SERVICE}.{NAMESPACE}.svc.cluster.local"
+POD_IP = "127.0.2.1"  # the injected pod's IP; 127.0.0.1 is its localhost
+DNS_IP = "127.0.3.10"  # the cluster DNS Service
+OTHER_CLIENT_IP = "127.0.4.1"  # another pod, calling this one
+LISTEN_PORT = 6081
+METRICS_PORT = 6091
+
+_counter = itertools.count(1)
+_counter_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The daemon versions a pod runs: `newest` (the default images) or `oldest` (Debian 12)."""
+
+    name: str
+    haproxy: daemons.Daemon
+    varnish: daemons.Daemon
+
+    @property
+    def label(self) -> str:
+        return f"{self.haproxy.label}/{self.varnish.label}"
+
+
+GENERATIONS = {"newest": daemons.NEWEST, "oldest": daemons.OLDEST}
+
+
+def generation(name: str) -> Generation:
+    """The daemons of one generation; skips (fails under CI=true) when one is missing."""
+    labels = GENERATIONS[name]
+    return Generation(name, daemons.require(labels["haproxy"]), daemons.require(labels["varnish"]))
+
+
+def make_pod(annotations: Mapping[str, str]) -> dict[str, Any]:
+    """A labelled pod of the Deployment `web` whose cache should front Service `app`."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-0",
+            "namespace": NAMESPACE,
+            "labels": {"app": "web", "cache-injector.io/inject": "enabled"},
+            "annotations": dict(annotations),
+        },
+        "spec": {"containers": [{"name": "web", "image": "example/web:1"}]},
+    }
+
+
+class PodEnv:
+    """Start with `with PodEnv(...) as env:`; everything is stopped on exit."""
+
+    def __init__(
+        self,
+        gen: Generation,
+        *,
+        annotations: Mapping[str, str] | None = None,
+        backends: int = 3,
+        edit_haproxy_cfg: Callable[[str], str] | None = None,
+        edit_vcl: Callable[[str], str] | None = None,
+        label: str = "pod",
+    ) -> None:
+        with _counter_lock:
+            number = next(_counter)
+        self.gen = gen
+        self.name = f"cie2e-{os.getpid()}-{number}"
+        self.workdir = BASE_DIR / self.name
+        self.annotations = {"cache-injector.io/backend": f"{SERVICE}:{BACKEND_PORT}"}
+        self.annotations.update(annotations or {})
+        self.initial_backends = backends
+        self.edits = {
+            "cache-injector.io/haproxy-cfg": edit_haproxy_cfg,
+            "cache-injector.io/vcl": edit_vcl,
+        }
+        self.label = label
+        self.backends: dict[str, BackendPod] = {}
+        self._next_backend = itertools.count(0)
+        self.netns: Netns | None = None
+        self.dns: ClusterDNS | None = None
+        self.pod: PodRunner | None = None
+        self.client: Client | None = None
+        self.manifest: dict[str, Any] = {}
+
+    # -- set-up ------------------------------------------------------------------------------
+    def __enter__(self) -> PodEnv:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.netns = Netns(self.name)
+        self.dns = ClusterDNS(self.netns, DNS_IP)
+        self.dns.set_service(
+            Service(NAMESPACE, SERVICE, {SERVICE_PORT_NAME: BACKEND_PORT}, pods=[])
+        )
+        self.dns.start()
+        for _ in range(self.initial_backends):
+            self.add_backend()
+        self.manifest = inject(make_pod(self.annotations), NAMESPACE, workdir=self.workdir)
+        notes = self.manifest["metadata"]["annotations"]
+        for key, edit in self.edits.items():
+            if edit:  # a scenario that runs a deliberately different config (negative control)
+                notes[key] = edit(notes[key])
+        self.pod = PodRunner(
+            self.manifest,
+            netns=self.netns,
+            pod_ip=POD_IP,
+            nameserver=DNS_IP,
+            daemons={"haproxy": self.gen.haproxy.path, "varnishd": self.gen.varnish.path},
+            workdir=self.workdir,
+        )
+        self.client = Client(self.netns, POD_IP, LISTEN_PORT)
+        self.pod.start()
+        for container, seconds in self.sidecar_start_seconds().items():
+            record("sidecar time to ready", self.gen.label, f"{container} s", seconds)
+
+    def close(self) -> None:
+        steps: list[Callable[[], None]] = []
+        if self.pod:
+            steps.append(self.pod.close)
+        steps += [backend.stop for backend in self.backends.values()]
+        if self.dns:
+            steps.append(self.dns.stop)
+        if self.netns:
+            steps.append(self.netns.close)
+        for step in steps:
+            with contextlib.suppress(Exception):
+                step()
+        if os.environ.get("CACHE_INJECTOR_E2E_KEEP") != "1":
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- the backend Service -----------------------------------------------------------------
+    def add_backend(self, *, in_dns: bool = True) -> BackendPod:
+        """A new pod of Service `app`, at the next free address, started and ready."""
+        assert self.netns and self.dns
+        index = next(self._next_backend)
+        backend = BackendPod(self.netns, f"app-{index}", f"127.0.1.{index + 1}", BACKEND_PORT)
+        backend.start()
+        self.backends[backend.name] = backend
+        if in_dns:
+            self.dns.add_pod(NAMESPACE, SERVICE, PodRecord(backend.name, backend.ip))
+        return backend
+
+    def remove_backend(self, name: str, *, stop: bool = True) -> None:
+        """Scale down: the pod leaves DNS and (like a terminated pod) stops."""
+        assert self.dns
+        self.dns.remove_pod(NAMESPACE, SERVICE, name)
+        if stop:
+            self.backends[name].stop()
+
+    def running_backends(self) -> list[BackendPod]:
+        return [b for b in self.backends.values() if b.running]
+
+    # -- conveniences ------------------------------------------------------------------------
+    @property
+    def http(self) -> Client:
+        assert self.client
+        return self.client
+
+    @property
+    def runner(self) -> PodRunner:
+        assert self.pod
+        return self.pod
+
+    def haproxy_log(self) -> str:
+        return self.runner.log("cache-haproxy")
+
+    def diagnostics(self) -> str:
+        """What to print when a scenario fails: pod state and the sidecars' last log lines."""
+        parts = [f"pod {self.label} ({self.gen.label}): {self.runner.describe()}"]
+        parts += self.runner.exited() + self.runner.unready_periods()
+        parts += [self.runner.log_tail("cache-haproxy"), self.runner.log_tail("cache-varnish")]
+        return "\n".join(parts)
+
+    def sidecar_start_seconds(self) -> dict[str, float]:
+        return {
+            name: round(state.time_to_start, 3)
+            for name, state in self.runner.states.items()
+            if state.time_to_start is not None
+        }
+
+
+def stop_seconds(env: PodEnv) -> dict[str, float | None]:
+    """How long each sidecar took to exit after SIGTERM when the pod was closed."""
+    return {
+        name: None if state.stop_seconds is None else round(state.stop_seconds, 2)
+        for name, state in env.runner.states.items()
+    }
+
+
+def wait_for(
+    condition: Callable[[], bool], *, timeout: float, interval: float = 0.2
+) -> float | None:
+    """Seconds until condition() held, or None when it did not within timeout."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if condition():
+            return time.monotonic() - began
+        time.sleep(interval)
+    return None
+
+
+def root_cleanup() -> None:
+    """Remove the base directory when empty (no pod of any run left)."""
+    with contextlib.suppress(OSError):
+        Path(BASE_DIR).rmdir()
+
+
+@dataclass
+class Observed:
+    """What a background scenario saw, for its test to judge after the pod is gone."""
+
+    label: str  # the daemon generation
+    replies: list[Any]  # client.Reply, in the order sent
+    marks: dict[str, float]  # named moments (time.monotonic())
+    backend_requests: dict[str, int]
+    exited: list[str]
+    unready: list[str]
+    diagnostics: str
+    haproxy_log: str
+    extra: dict[str, Any]
+
+
+def observe(env: PodEnv, replies: list[Any], marks: dict[str, float], **extra: Any) -> Observed:
+    return Observed(
+        label=env.gen.label,
+        replies=replies,
+        marks=marks,
+        backend_requests={name: b.total() for name, b in env.backends.items()},
+        exited=env.runner.exited(),
+        unready=env.runner.unready_periods(),
+        diagnostics=env.diagnostics(),
+        haproxy_log=env.haproxy_log(),
+        extra=extra,
+    )
+
+
+def mixed_path(index: int) -> str:
+    """Steady traffic: a third uncached, a third long-lived objects, a third that expire every
+    2 s (so misses and background refreshes keep flowing through HAProxy)."""
+    kind = index % 3
+    if kind == 0:
+        return f"/nocache/{index}"
+    if kind == 1:
+        return f"/static/{index % 20}"
+    return f"/short/{index % 10}"
