@@ -1,0 +1,73 @@
+"""Scenario 6: a 40 s cluster-DNS outage costs nothing, cached or uncached.
+
+HAProxy keeps each server's last address while DNS fails (`hold timeout`/`hold refused`
+300 s), so uncached requests keep reaching every backend pod. Three kinds of outage:
+- timeout: the DNS server answers nothing (CoreDNS overloaded, packets lost);
+- refused: it answers REFUSED (CoreDNS over its max_concurrent);
+- down: its port is closed, the kernel answers ICMP port unreachable (kube-proxy's REJECT
+  for the kube-dns Service while no CoreDNS pod is ready).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.client import Traffic, between, error_summary, errors, pods
+from tests.e2e.harness import Observed, PodEnv, generation, mixed_path, observe
+from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+
+pytestmark = pytest.mark.e2e
+
+OUTAGE = 40
+RATE = 20
+
+
+def dns_outage(mode: str) -> Observed:
+    gen = generation("newest")
+    with PodEnv(gen, label=f"dns-{mode}") as env:
+        assert env.dns
+        traffic = Traffic(env.http, mixed_path, rate=RATE).start()
+        sleep(5)
+        began = time.monotonic()
+        env.dns.set_mode(mode)
+        sleep(OUTAGE)
+        ended = time.monotonic()
+        env.dns.set_mode("serve")
+        sleep(10)
+        replies = traffic.stop()
+        queries = [q for q in env.dns.queries if began <= q.at < ended]
+        return observe(
+            env,
+            replies,
+            {"start": traffic.started_at, "outage": began, "back": ended},
+            queries_during_outage=len(queries),
+        )
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param(m, marks=background(dns_outage, m))
+        for m in ("timeout", "refused", "servfail", "down")
+    ],
+)
+def test_dns_outage_of_40_seconds_without_an_error(
+    mode: str, scenarios: Scenarios, request: pytest.FixtureRequest
+) -> None:
+    seen: Observed = scenarios.outcome(request.node)
+    outage = between(seen.replies, seen.marks["outage"], seen.marks["back"])
+    cached = [r for r in outage if not r.path.startswith("/nocache/")]
+    uncached = [r for r in outage if r.path.startswith("/nocache/")]
+    note = recorder(f"6 dns outage {mode}", seen.label)
+    note("errors cached/uncached", f"{len(errors(cached))}/{len(errors(uncached))}")
+    note("errors overall", len(errors(seen.replies)))
+    note("dns queries during outage", seen.extra["queries_during_outage"])
+    assert cached and uncached
+    assert not errors(seen.replies), (
+        error_summary(seen.replies, seen.marks["outage"]) + "\n" + seen.diagnostics
+    )
+    last = between(uncached, seen.marks["back"] - 10)
+    assert set(pods(last)) == set(seen.backend_requests), "every pod kept its address"
+    assert not seen.exited and not seen.unready, seen.diagnostics

@@ -1,0 +1,53 @@
+"""Scenario 3: beyond 30 s — 75 s of steady traffic without an error.
+
+The field report's config died ~30 s after start ("DNS NX status"), once HAProxy's resolver
+took over from the addresses libc had found at start; 75 s covers that window twice.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.client import Traffic, error_summary, errors, pods
+from tests.e2e.harness import Observed, PodEnv, generation, mixed_path, observe, stop_seconds
+from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+
+pytestmark = pytest.mark.e2e
+
+SECONDS = 75
+RATE = 20  # requests a second
+
+
+def steady_traffic(gen_name: str) -> Observed:
+    gen = generation(gen_name)
+    with PodEnv(gen, label="steady") as env:
+        traffic = Traffic(env.http, mixed_path, rate=RATE).start()
+        sleep(SECONDS)
+        replies = traffic.stop()
+        seen = observe(env, replies, {"start": traffic.started_at, "end": time.monotonic()})
+    seen.extra["stop_seconds"] = stop_seconds(env)  # SIGTERM -> exit, after the traffic
+    return seen
+
+
+@pytest.mark.parametrize(
+    "gen_name", [pytest.param(g, marks=background(steady_traffic, g)) for g in ("newest", "oldest")]
+)
+def test_75_seconds_of_steady_traffic_without_an_error(
+    gen_name: str, scenarios: Scenarios, request: pytest.FixtureRequest
+) -> None:
+    seen: Observed = scenarios.outcome(request.node)
+    bad = errors(seen.replies)
+    uncached = [r for r in seen.replies if r.path.startswith("/nocache/")]
+    note = recorder("3 steady 75s", seen.label)
+    note("requests", len(seen.replies))
+    note("errors", len(bad))
+    note("uncached per pod", dict(sorted(pods(uncached).items())))
+    note("SIGTERM to exit s", seen.extra["stop_seconds"])
+    assert len(seen.replies) >= SECONDS * RATE * 0.9
+    assert not bad, error_summary(seen.replies, seen.marks["start"]) + "\n" + seen.diagnostics
+    assert set(pods(uncached)) == set(seen.backend_requests), seen.diagnostics
+    last = [r for r in uncached if r.at > seen.marks["end"] - 10]
+    assert set(pods(last)) == set(seen.backend_requests), "every pod still serves at the end"
+    assert not seen.exited and not seen.unready, seen.diagnostics
