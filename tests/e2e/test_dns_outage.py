@@ -1,9 +1,10 @@
 """Scenario 6: a 40 s cluster-DNS outage costs nothing, cached or uncached.
 
-HAProxy keeps each server's last address while DNS fails (`hold timeout`/`hold refused`
-300 s), so uncached requests keep reaching every backend pod. Three kinds of outage:
+HAProxy keeps each server's last address while DNS fails (`hold timeout`, `hold refused`,
+`hold other`: 300 s), so uncached requests keep reaching every backend pod. Four kinds:
 - timeout: the DNS server answers nothing (CoreDNS overloaded, packets lost);
-- refused: it answers REFUSED (CoreDNS over its max_concurrent);
+- refused: it answers REFUSED (e.g. CoreDNS's forward plugin over max_concurrent);
+- servfail: it answers SERVFAIL (CoreDNS that cannot reach the API server, or its upstream);
 - down: its port is closed, the kernel answers ICMP port unreachable (kube-proxy's REJECT
   for the kube-dns Service while no CoreDNS pod is ready).
 """
