@@ -31,6 +31,10 @@ acl purgers {
 }
 
 sub vcl_recv {
+    # Our own marker (see vcl_miss): never taken from a client; a restart keeps it.
+    if (req.restarts == 0) {
+        unset req.http.X-Cache-Stale-If-Error;
+    }
     # The container's readiness: answered by Varnish itself, never by the backends.
     if (req.url == "/.cache/ready") {
         return (synth(200, "Ready"));
@@ -42,15 +46,40 @@ sub vcl_recv {
         return (purge);
     }
     # While HAProxy reports backend pods up, serve an expired object at most 10 s longer
-    # (refreshed in the background); when none is up, serve it for the whole grace.
-    if (std.healthy(req.backend_hint)) {
+    # (refreshed in the background); when none is up, serve it for the whole grace. So does
+    # the second look after a failed fetch (vcl_deliver): a stale copy beats an error.
+    if (req.http.X-Cache-Stale-If-Error) {
+        set req.grace = 21600s;
+    } else if (std.healthy(req.backend_hint)) {
         set req.grace = 10s;
     }
     # Falls through to the built-in vcl_recv: only GET and HEAD are cached; requests with
     # Authorization or Cookie headers are passed to the backend.
 }
 
+sub vcl_miss {
+    # No copy we may serve now, so this request fetches. If the fetch fails, vcl_deliver
+    # looks once more and takes a stale copy within grace (stale-if-error): while HAProxy
+    # still reports pods up (the first seconds of an outage) req.grace is only 10 s.
+    if (req.restarts == 0 && !req.is_hitmiss) {
+        set req.http.X-Cache-Stale-If-Error = "miss";
+    }
+}
+
+sub vcl_backend_fetch {
+    unset bereq.http.X-Cache-Stale-If-Error;
+}
+
 sub vcl_backend_response {
+    # A failed fetch must never replace or hide a stored object. Delivered as a response, a
+    # 5xx supersedes the stale copy of the object (and the built-in VCL keeps it 120 s as a
+    # hit-for-miss), so the copy grace should serve is gone the moment the backends fail.
+    # As an error (vcl_backend_error, TTL 0) it replaces nothing: a background refresh keeps
+    # the stale copy, and a miss gets its second look in vcl_deliver. The status and reason
+    # are kept; the body becomes Varnish's error page.
+    if (beresp.status >= 500 && !bereq.uncacheable) {
+        return (error(beresp.status, beresp.reason));
+    }
     # No caching headers from the backend: cache for the default TTL.
     if (!beresp.http.Cache-Control && !beresp.http.Expires) {
         set beresp.ttl = 120s;
@@ -61,6 +90,12 @@ sub vcl_backend_response {
 }
 
 sub vcl_deliver {
+    # The fetch for a cacheable request failed: look once more, accepting any copy within
+    # grace; without one the client gets the error of the second attempt.
+    if (resp.status >= 500 && req.http.X-Cache-Stale-If-Error == "miss") {
+        set req.http.X-Cache-Stale-If-Error = "retry";
+        return (restart);
+    }
     if (obj.hits > 0) {
         set resp.http.X-Cache = "HIT";
     } else {

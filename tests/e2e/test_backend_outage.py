@@ -1,0 +1,94 @@
+"""Scenario 7: every backend pod fails; cached objects are still served within grace,
+uncached requests fail fast, and service comes back with the replacement pods.
+
+The outage is played as a cluster plays it: the pods die at once (connections refused), 5 s
+later their readiness has failed and the headless Service has no ready pod (DNS: NXDOMAIN),
+and 40 s later replacement pods with new addresses become ready. 40 s passes `hold nx`
+(30 s), so HAProxy's server slots are all in maintenance before the pods return: the case
+where, on some versions, slots stayed down until a reload (FIELD-NOTES row 23).
+Three kinds of cached object are asked for from the first second of the outage: fresh ones,
+ones that expired 3 s before it, and ones that expired 11 s before it (older than the 10 s of
+grace Varnish allows while it still thinks the backends are up).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.client import Traffic, between, error_summary, errors, pods
+from tests.e2e.harness import NAMESPACE, SERVICE, Observed, PodEnv, generation, observe, wait_for
+from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+
+pytestmark = pytest.mark.e2e
+
+OUTAGE = 40
+KINDS = ("/static/fresh", "/short/expired", "/short/long-expired", "/nocache/")
+
+
+def outage_path(index: int) -> str:
+    kind = KINDS[index % len(KINDS)]
+    return f"{kind}{index}" if kind == "/nocache/" else f"{kind}-{index // len(KINDS) % 4}"
+
+
+def backend_outage() -> Observed:
+    with PodEnv(generation("newest"), backends=3, label="backend-outage") as env:
+        assert env.dns
+        objects = [f"{kind}-{n}" for kind in KINDS[:3] for n in range(4)]
+        for path in objects:
+            if path.startswith("/short/long-expired"):
+                assert env.http.get(path).ok
+        sleep(10)
+        for path in objects:
+            if not path.startswith("/short/long-expired"):
+                assert env.http.get(path).ok
+        sleep(3)  # /short (max-age=2): expired 1 s ago, long-expired 11 s ago
+        down = time.monotonic()
+        for backend in list(env.backends.values()):
+            backend.stop(graceful=False)
+        traffic = Traffic(env.http, outage_path, rate=16).start()
+        sleep(5)
+        env.dns.set_pods(NAMESPACE, SERVICE, [])  # no ready pod: NXDOMAIN
+        sleep(OUTAGE - 5)
+        back = time.monotonic()
+        replacements = [env.add_backend() for _ in range(3)]
+        recovered = wait_for(lambda: all(b.total("/nocache/") for b in replacements), timeout=45)
+        sleep(5)
+        replies = traffic.stop()
+        return observe(
+            env, replies, {"down": down, "back": back}, recovered=recovered,
+            replacements=[b.name for b in replacements],
+        )  # fmt: skip
+
+
+@background(backend_outage)
+def test_backend_outage_serves_cache_fails_fast_and_recovers(
+    scenarios: Scenarios, request: pytest.FixtureRequest
+) -> None:
+    seen: Observed = scenarios.outcome(request.node)
+    down, back = seen.marks["down"], seen.marks["back"]
+    outage = between(seen.replies, down, back)
+    cached = [r for r in outage if not r.path.startswith("/nocache/")]
+    uncached = [r for r in outage if r.path.startswith("/nocache/")]
+    recovered = seen.extra["recovered"]
+    note = recorder("7 backend outage", seen.label)
+    for kind in KINDS[:3]:
+        of_kind = [r for r in cached if r.path.startswith(kind)]
+        note(f"errors {kind}", f"{len(errors(of_kind))}/{len(of_kind)}")
+    slowest = max((r.elapsed for r in uncached), default=0.0)
+    note(
+        "uncached: not 5xx / slowest s", f"{sum(r.status < 500 for r in uncached)} / {slowest:.2f}"
+    )
+    note("seconds to recover (new pods)", recovered)
+    assert cached and uncached
+    assert not errors(cached), error_summary(cached, down) + "\n" + seen.diagnostics
+    assert all(r.status >= 500 for r in uncached), [r.describe() for r in uncached if r.ok][:5]
+    assert slowest < 5, [r.describe() for r in uncached if r.elapsed >= 5][:5]
+    assert recovered is not None and recovered <= 30, f"{recovered}\n{seen.diagnostics}"
+    settled = between(seen.replies, back + recovered + 2)
+    assert settled and not errors(settled), error_summary(settled, back)
+    assert set(seen.extra["replacements"]) <= set(pods(settled)), pods(settled)
+    assert not seen.exited and not seen.unready, "readiness never depends on the backends\n" + (
+        seen.diagnostics
+    )
