@@ -107,6 +107,18 @@ sub vcl_backend_response {
         set beresp.ttl = 300s;
     }
     set beresp.grace = 3600s;
+    # HAProxy adds its sticky cookie to the response of every request that came without
+    # one, and a response that sets a cookie is never cached: nothing fetched for a new
+    # visitor or another service would ever be stored. A stored response is shared, so it
+    # must not pin anyone to a pod: drop the cookie from a response that will be stored;
+    # clients get theirs from a response that is not (their dynamic pages). HAProxy appends
+    # its Set-Cookie after the application's, so when the first one is ours it is the only
+    # one, and an application cookie keeps the response uncacheable as before.
+    if (!bereq.uncacheable && beresp.ttl > 0s
+        && beresp.http.Set-Cookie ~ "^CACHESRV="
+        && beresp.http.Cache-Control !~ "(?i)(no-cache|no-store|private)") {
+        unset beresp.http.Set-Cookie;
+    }
     # Falls through to the built-in vcl_backend_response: a response that sets a cookie
     # is never cached.
 }
