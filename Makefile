@@ -33,7 +33,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: setup daemons lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest
 
 unit: setup
 	$(BIN)/pytest -q -m "not e2e"
