@@ -35,6 +35,7 @@ lint: setup
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 	$(BIN)/python -m webhook.chartschema --check
+	$(BIN)/python -m tests.chart.lint
 
 test: setup daemons lint
 	$(BIN)/pytest -q
