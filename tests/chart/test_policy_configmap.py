@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.chart import NAMESPACE, VALUE_SETS, render
+from tests.chart.chart import NAMESPACE, VALUE_SETS, chart, render
 
 CLI = Path(sys.executable).parent / "cache-injector"
 
@@ -69,8 +69,6 @@ def test_policy_is_the_values_verbatim() -> None:
 
 
 def rendered_values_policy(values: dict[str, Any]) -> dict[str, Any]:
-    from tests.chart.chart import chart  # noqa: PLC0415
-
     merged: dict[str, Any] = chart().merge_values(values)["policy"]
     return merged
 
