@@ -67,5 +67,9 @@ run: setup
 		$(BIN)/cache-injector serve --host 127.0.0.1 --port 8443 --tls-cert certs/tls.crt --tls-key certs/tls.key; \
 	else echo "server not built yet"; fi
 
+# Prints numbers, asserts nothing: admission latency/throughput vs the Go reference webhook.
+bench: setup daemons
+	$(BIN)/python -m bench.admission
+
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
