@@ -31,7 +31,9 @@ def _find(label: str, path: str) -> str | None:
     if Path(path).is_file() and os.access(path, os.X_OK):
         return path
     if label.endswith(("2.6", "7.1")):  # Debian's may live elsewhere on PATH
-        return shutil.which(label.split("-")[0] + ("d" if label.startswith("varnish") else ""))
+        return shutil.which(
+            label.split("-", maxsplit=1)[0] + ("d" if label.startswith("varnish") else "")
+        )
     return None
 
 
