@@ -1,4 +1,4 @@
-"""The `cache-injector` command: inject, explain, policy check (and serve, certs).
+"""The `cache-injector` command: inject, explain, policy check, certs generate (and serve).
 
 Owns: reading files and stdin, printing, exit codes (0 ok, 1 explain found denials, 2 bad
 input or denied injection). Calls inject.py exactly as the webhook does, so what `explain`
@@ -303,6 +303,63 @@ def policy_summary(checked: Policy) -> str:
             f"  onMissingBackend: {model.on_missing_backend}, onInvalid: {model.on_invalid}",
         ]
     )
+
+
+@main.group()
+def certs() -> None:
+    """Certificates for the webhook's TLS."""
+
+
+@certs.command("generate")
+@click.option("--service", required=True, help="The webhook's Service name.")
+@click.option("--namespace", required=True, help="The Service's namespace.")
+@click.option("--out", required=True, help="Directory for ca.crt, ca.key, tls.crt, tls.key.")
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    help="Another DNS name or IP address for the serving certificate (repeatable).",
+)
+@click.option("--days", default=365, show_default=True, type=click.IntRange(1, 3650))
+@click.option("--ca-days", default=3650, show_default=True, type=click.IntRange(1, 36500))
+@click.option("--new-ca", is_flag=True, help="Replace a CA already in --out instead of reusing it.")
+def certs_generate(
+    *,
+    service: str,
+    namespace: str,
+    out: str,
+    hosts: tuple[str, ...],
+    days: int,
+    ca_days: int,
+    new_ca: bool,
+) -> None:
+    """Write a CA and a serving certificate whose SANs are the Service's in-cluster names
+    (NAME, NAME.NS, NAME.NS.svc, NAME.NS.svc.cluster.local) plus every --host. A CA already
+    in --out signs the new certificate, so rotating keeps clients' caBundle valid."""
+    from . import certs as tls  # noqa: PLC0415 (cryptography only where it is needed)
+    from .values import DNS_LABEL  # noqa: PLC0415
+
+    for option, value in (("--service", service), ("--namespace", namespace)):
+        if not DNS_LABEL.match(value):
+            fail(f"{option}: {value} is invalid: a DNS label (lowercase letters, digits, -)")
+    try:
+        generated = tls.generate(
+            Path(out),
+            service=service,
+            namespace=namespace,
+            hosts=hosts,
+            days=days,
+            ca_days=ca_days,
+            new_ca=new_ca,
+        )
+    except (OSError, ValueError) as err:
+        fail(f"{out}: cannot write certificates: {err}")
+    ca = "new CA" if generated.new_ca else "existing CA"
+    click.echo(
+        f"{out}: wrote {tls.TLS_CERT} and {tls.TLS_KEY} (signed by the {ca} in {tls.CA_CERT})"
+    )
+    click.echo(f"  names: {', '.join(generated.names)}")
+    click.echo(f"  serial: {generated.serial:x}, valid until {generated.not_after.isoformat()}")
 
 
 if __name__ == "__main__":  # pragma: no cover
