@@ -188,7 +188,7 @@ def start_server(
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    return started(Server(port, process, log, ca))
+    return started(Server(port, process, log, ca), workers)
 
 
 def _ready(server: Server) -> bool:
@@ -206,9 +206,16 @@ def _ready(server: Server) -> bool:
         return False
 
 
-def started(server: Server) -> Server:
+def started(server: Server, workers: int) -> Server:
+    """Ready when /readyz answers and every worker has logged its start (under load a second
+    worker may still be importing when the first already answers)."""
     try:
         wait_for(lambda: _ready(server), deadline=START_DEADLINE, what="/readyz")
+        wait_for(
+            lambda: len(server.events("started")) >= workers,
+            deadline=START_DEADLINE,
+            what=f"{workers} workers started",
+        )
     except BaseException:
         server.stop(signal.SIGKILL)
         raise
