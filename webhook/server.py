@@ -249,6 +249,7 @@ class Runtime:
                 "internal error while decoding a review",
                 extra={"fields": {"event": "internal_error", "uid": None}},
             )
+            metrics.ADMISSIONS.labels(result="error", reason="internal_error").inc()
             metrics.REJECTED_REQUESTS.labels(code="400").inc()
             bug = MalformedReview("body", "(undecodable)", "a review this injector can read")
             return 400, orjson.dumps(error_body(bug))
