@@ -73,8 +73,9 @@ def _show(value: Any) -> str:
         return "a list"
     if value is None:
         return "null"
-    text = orjson.dumps(value).decode()
-    return text if len(text) <= 64 else text[:61] + '..."'
+    if isinstance(value, str) and len(value) > 60:
+        return orjson.dumps(value[:60]).decode()[:-1] + '..."'
+    return orjson.dumps(value).decode()
 
 
 def _field(
