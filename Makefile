@@ -27,8 +27,7 @@ daemons:
 		echo "NOTE: ../shared/daemons not found: only Debian's haproxy 2.6 / varnish 7.1 are tested"; \
 	fi
 
-# bench/ may not exist yet.
-LINT_PATHS := webhook tests $(wildcard bench)
+LINT_PATHS := webhook tests bench
 
 lint: setup
 	$(BIN)/ruff check $(LINT_PATHS)
