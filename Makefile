@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(firstword $(wildcard ../shared /work/shared))
 APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl
 
-.PHONY: setup daemons lint test unit e2e golden docs run certs demo bench clean
+.PHONY: setup daemons lint test unit e2e golden docs chart-schema run certs demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,13 +27,17 @@ daemons:
 		echo "NOTE: ../shared/daemons not found: only Debian's haproxy 2.6 / varnish 7.1 are tested"; \
 	fi
 
+LINT_PATHS := webhook tests bench
+
 lint: setup
-	$(BIN)/ruff check webhook tests bench
-	$(BIN)/ruff format --check webhook tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
+	$(BIN)/python -m webhook.chartschema --check
+	$(BIN)/python -m tests.chart.lint
 
 test: setup daemons lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest
 
 unit: setup
 	$(BIN)/pytest -q -m "not e2e"
@@ -44,8 +48,14 @@ e2e: setup daemons
 golden: setup daemons
 	REFRESH_GOLDEN=1 $(BIN)/pytest -q tests/golden
 
+# The chart's values.schema.json embeds the policy schema: regenerate it with the docs.
 docs: setup
 	$(BIN)/python -m webhook.docs
+	$(BIN)/python -m webhook.chartschema
+
+# values.schema.json: the policy part and every description, from the code and values.yaml.
+chart-schema: setup
+	$(BIN)/python -m webhook.chartschema
 
 certs: setup
 	@[ -f certs/tls.crt ] || $(BIN)/cache-injector certs generate --service cache-injector --namespace cache-injector --out certs --host 127.0.0.1 --host localhost
@@ -55,6 +65,10 @@ run: setup
 		$(MAKE) --no-print-directory certs && \
 		$(BIN)/cache-injector serve --host 127.0.0.1 --port 8443 --tls-cert certs/tls.crt --tls-key certs/tls.key; \
 	else echo "server not built yet"; fi
+
+# Prints numbers, asserts nothing: admission latency/throughput vs the Go reference webhook.
+bench: setup daemons
+	$(BIN)/python -m bench.admission
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

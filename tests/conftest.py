@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.daemons import available
 from webhook.policy import Policy, build_policy, default_policy
 from webhook.render import Templates, load_templates
 
@@ -65,3 +66,16 @@ def policy() -> Policy:
 
 def policy_from(data: Mapping[str, Any]) -> Policy:
     return build_policy(dict(data), "test policy")
+
+
+def pytest_report_header() -> list[str]:
+    """Say up front which daemon generations this run checks against."""
+    found = available()
+    line = "daemons: " + ", ".join(f"{label} ({path})" for label, path in found.items())
+    missing = [label for label in ("haproxy-3.4", "varnish-8.0") if label not in found]
+    if missing:
+        line += (
+            f"\nNOTE: {', '.join(missing)} not installed: only Debian's daemons are checked "
+            "(run ../shared/daemons/install.sh for the versions the default images carry)"
+        )
+    return [line]

@@ -54,6 +54,16 @@ def require(label: str) -> Daemon:
     raise KeyError(label)
 
 
+def available() -> dict[str, str]:
+    """Label -> path of every daemon present on this machine."""
+    found = {}
+    for label, path in _HAPROXY + _VARNISH:
+        where = _find(label, path)
+        if where:
+            found[label] = where
+    return found
+
+
 HAPROXY_LABELS = [label for label, _ in _HAPROXY]
 VARNISH_LABELS = [label for label, _ in _VARNISH]
 NEWEST = {"haproxy": "haproxy-3.4", "varnish": "varnish-8.0"}

@@ -263,31 +263,29 @@ def declared_ports(pod_spec: Mapping[str, Any]) -> list[tuple[str, int, str | No
 def check_ports(pod_spec: Mapping[str, Any], listen_port: int) -> list[InvalidAnnotation]:
     """Every sidecar port and port name against the pod's own; each clash names both sides."""
     listen_key = names.OPTIONS_BY_NAME["listen_port"].key
+    fixed = (
+        f"{names.CONTAINER_HAPROXY} always uses {names.HAPROXY_LOCAL_PORT} and "
+        f"{names.HAPROXY_METRICS_PORT}"
+    )
+    # port -> (what the sidecar uses it for, the way out)
     ours = {
-        listen_port: (f"{names.CONTAINER_VARNISH} ({listen_key})", names.PORT_NAME_HTTP),
-        names.HAPROXY_LOCAL_PORT: (f"{names.CONTAINER_HAPROXY} (local frontend)", None),
-        names.HAPROXY_METRICS_PORT: (
-            f"{names.CONTAINER_HAPROXY} (metrics)",
-            names.PORT_NAME_METRICS,
-        ),
+        names.HAPROXY_LOCAL_PORT: ("local frontend", fixed),
+        names.HAPROXY_METRICS_PORT: ("metrics", fixed),
+        listen_port: (listen_key, f"set {listen_key} to a free port from 1025 to 65535"),
     }
     our_names = {names.PORT_NAME_HTTP, names.PORT_NAME_METRICS}
     problems: list[InvalidAnnotation] = []
     for container, port, port_name in declared_ports(pod_spec):
         if port in ours:
-            who, _ = ours[port]
+            role, remedy = ours[port]
+            sidecar = names.CONTAINER_VARNISH if port == listen_port else names.CONTAINER_HAPROXY
             key = listen_key if port == listen_port else f"container {container} port"
-            value = str(port)
             problems.append(
                 PortClash(
                     key,
-                    value,
-                    f"port {port} is used by container {container} and needed by {who}; "
-                    f"set {listen_key} to a free port from 1025 to 65535"
-                    if port == listen_port
-                    else f"port {port} is used by container {container} and needed by {who}; "
-                    f"cache-haproxy always uses {names.HAPROXY_LOCAL_PORT} and "
-                    f"{names.HAPROXY_METRICS_PORT}",
+                    str(port),
+                    f"port {port} is used by container {container} and needed by {sidecar} "
+                    f"({role}); {remedy}",
                 )
             )
         if port_name in our_names:

@@ -128,7 +128,8 @@ def policy_md() -> str:
         "",
     ]
     lines += _fields_table("Top level", schema, defs)
-    for name in ("Images", "Limits", "Resources", "RunAsUser", "NamespacePolicy"):
+    for name in ("Images", "Limits", "SidecarResources", "Resources", "ResourceList",
+                 "RunAsUser", "NamespacePolicy"):  # fmt: skip
         if name in defs:
             lines += _fields_table(name, defs[name], defs)
     lines += [

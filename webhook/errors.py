@@ -61,6 +61,18 @@ class InvalidPolicy(CacheInjectorError):
 class MalformedReview(CacheInjectorError):
     """A request body that is not a usable AdmissionReview (answered with HTTP 400)."""
 
+    def __init__(self, field: str, value: str, accepted: str) -> None:
+        super().__init__(f"{field}: {value} is invalid: {accepted}")
+        self.field, self.value, self.accepted = field, value, accepted
+
+
+class InvalidCertificate(CacheInjectorError):
+    """A TLS certificate and key that cannot be served (unreadable, not PEM, not a pair)."""
+
+    def __init__(self, cert_path: str, key_path: str, reason: str) -> None:
+        super().__init__(f"{cert_path} + {key_path}: cannot serve: {reason}")
+        self.cert_path, self.key_path, self.reason = cert_path, key_path, reason
+
 
 class InvalidManifest(CacheInjectorError):
     """A CLI input document that cannot be read as a Kubernetes object."""

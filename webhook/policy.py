@@ -43,18 +43,21 @@ class StrictModel(BaseModel):
     )
 
 
-OptionValue = StrictStr | StrictInt | StrictBool
+# YAML types a policy may use for each option kind; the value is then checked as a string,
+# exactly as the annotation would be.
+_KIND_TYPES: dict[str, Any] = {"int": StrictInt | StrictStr, "bool": StrictBool | StrictStr}
 
 
 def _option_fields() -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for spec in names.OPTIONS:
+        accepted = spec.accepted.format(high=spec.high, limit="limits.maxCacheSize")
         fields[spec.name] = (
-            OptionValue | None,
+            _KIND_TYPES.get(spec.kind, StrictStr) | None,
             Field(
                 default=None,
                 alias=spec.suffix,
-                description=f"{spec.doc} Accepted: {spec.accepted}. Built-in default: "
+                description=f"{spec.doc} Accepted: {accepted}. Built-in default: "
                 f"{spec.default if spec.default is not None else 'unset'}.",
             ),
         )
@@ -100,11 +103,15 @@ class ResourceList(StrictModel):
 
 
 class Resources(StrictModel):
+    """Kubernetes resource requests and limits of one sidecar."""
+
     requests: ResourceList = Field(default_factory=ResourceList)
     limits: ResourceList = Field(default_factory=ResourceList)
 
 
 class SidecarResources(StrictModel):
+    """Resources of each sidecar, as in a container spec (cpu, memory, ephemeral-storage)."""
+
     haproxy: Resources = Field(
         default_factory=lambda: Resources(
             requests=ResourceList(cpu="50m", memory="32Mi"), limits=ResourceList(memory="128Mi")
@@ -144,14 +151,17 @@ class PolicyModel(StrictModel):
         description="true: sidecars are native (initContainers, restartPolicy Always; "
         "Kubernetes 1.29+). false: appended to containers, and Job pods are not injected.",
     )
-    images: Images = Field(default_factory=Images)
+    images: Images = Field(default_factory=Images, description="Sidecar images (see Images below).")
     allow_image_override: StrictBool = Field(
         False, description="May a pod declare cache-haproxy/cache-varnish with its own image?"
     )
     defaults: OptionValues = Field(
         default_factory=OptionValues, description="Defaults for every pod annotation."
     )
-    limits: Limits = Field(default_factory=Limits)
+    limits: Limits = Field(
+        default_factory=Limits,
+        description="Ceilings that no annotation or default may pass (see Limits below).",
+    )
     exclude_namespaces: list[StrictStr] = Field(
         default_factory=list,
         description="Namespaces never injected (kube-system, kube-public and kube-node-lease "
@@ -168,7 +178,10 @@ class PolicyModel(StrictModel):
         description="A pod with invalid options: deny, or skip (allowed uninjected, with a "
         "warning).",
     )
-    resources: SidecarResources = Field(default_factory=SidecarResources)
+    resources: SidecarResources = Field(
+        default_factory=SidecarResources,
+        description="requests/limits of cache-haproxy and cache-varnish (see SidecarResources).",
+    )
     transient_size: StrictStr = Field(
         "64Mi", description="Cap of Varnish's Transient storage (short-lived and uncached objects)."
     )
@@ -177,7 +190,10 @@ class PolicyModel(StrictModel):
         description="Mixed into HAProxy's dynamic-cookie-key (with the backend FQDN), so "
         "sticky cookies cannot be forged from a pod IP. Same in every replica.",
     )
-    run_as_user: RunAsUser = Field(default_factory=RunAsUser)
+    run_as_user: RunAsUser = Field(
+        default_factory=RunAsUser,
+        description="UIDs in the sidecars' securityContext; null leaves them to the platform.",
+    )
 
 
 def _allowed(entry: BaseModel) -> list[str]:

@@ -29,6 +29,7 @@ REASONS: dict[str, str] = {
     "namespace_label": "namespace {namespace} is labelled {label}=enabled",
     # not injected, allowed
     "not_create": "only CREATE is injected; this is {operation}",
+    "not_pod": "only Pods are injected; this is {kind}",
     "namespace_excluded": "namespace {namespace} is excluded (system namespace or the "
     "policy's excludeNamespaces)",
     "label_disabled": "the pod is labelled {label}=disabled",

@@ -1,0 +1,85 @@
+"""The failure mapping at the edge, in-process: a bug in the engine or the decoder is logged
+with its traceback and counted, and the answer is still well-formed — never a 500."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from webhook import server as server_module
+from webhook.errors import ImageOverrideNotAllowed
+from webhook.server import Runtime, Settings
+
+from .conftest import Pki
+from .reviews import make_pod, pod_review
+
+
+@pytest.fixture
+def runtime(pki: Pki) -> Runtime:
+    return Runtime(Settings(tls_cert=pki.cert, tls_key=pki.key))
+
+
+def internal_errors() -> float:
+    labels = {"result": "error", "reason": "internal_error"}
+    return REGISTRY.get_sample_value("cache_injector_admissions_total", labels) or 0.0
+
+
+def body() -> tuple[bytes, str]:
+    review = pod_review(make_pod(annotations={"cache-injector.io/backend": "web:8080"}))
+    return json.dumps(review).encode(), review["request"]["uid"]
+
+
+def test_engine_bug_lets_the_pod_through_with_a_warning(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_: Any, **__: Any) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(server_module, "inject_pod", broken)
+    data, uid = body()
+    before = internal_errors()
+    with caplog.at_level(logging.INFO, logger="cache_injector"):
+        status, answer = runtime.review(data, 0.0)
+    response = json.loads(answer)["response"]
+    assert status == 200
+    assert response == {"uid": uid, "allowed": True, "warnings": response["warnings"]}
+    assert uid in response["warnings"][0]
+    assert internal_errors() == before + 1
+    failure = next(
+        r for r in caplog.records if getattr(r, "fields", {}).get("event") == "internal_error"
+    )
+    assert failure.exc_info is not None
+    assert failure.fields["uid"] == uid
+    line = next(r for r in caplog.records if getattr(r, "fields", {}).get("event") == "review")
+    assert line.fields["reason"] == "internal_error"
+
+
+def test_decoder_bug_is_a_400_not_a_500(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(_: bytes) -> None:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(server_module, "decode_review", broken)
+    before = internal_errors()
+    status, answer = runtime.review(body()[0], 0.0)
+    assert status == 400
+    assert json.loads(answer)["field"] == "body"
+    assert internal_errors() == before + 1
+
+
+def test_a_cache_injector_error_escaping_the_engine_denies(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuses(*_: Any, **__: Any) -> None:
+        raise ImageOverrideNotAllowed("container cache-varnish image", "evil:1", "varnish:8.0")
+
+    monkeypatch.setattr(server_module, "inject_pod", refuses)
+    status, answer = runtime.review(body()[0], 0.0)
+    response = json.loads(answer)["response"]
+    assert status == 200
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 403
+    assert "evil:1" in response["status"]["message"]

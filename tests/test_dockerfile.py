@@ -1,0 +1,138 @@
+"""The Dockerfile cannot be built here (no container engine), so check what can be checked:
+the build context holds everything the wheel needs, the final stage is slim and non-root, and
+the image's default command is the one the chart runs."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.chart.chart import render
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+BUILD_TOOLS = ("gcc", "cc ", "g++", "make", "build-essential", "apt-get", "apk ")
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    found = []
+    for raw in joined.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            found.append((keyword.upper(), rest.strip()))
+    return found
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for keyword, rest in instructions(DOCKERFILE):
+        if keyword == "FROM":
+            result.append([])
+        if result:
+            result[-1].append((keyword, rest))
+    return result
+
+
+def in_context(path: str) -> bool:
+    """Whether .dockerignore lets `path` into the build context (last matching rule wins)."""
+    included = True
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        rule = raw.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        negate = rule.startswith("!")
+        pattern = rule.removeprefix("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(
+            fnmatch.fnmatch(prefix, pattern) or fnmatch.fnmatch(prefix, pattern.removeprefix("**/"))
+            for prefix in prefixes
+        ):
+            included = negate
+    return included
+
+
+def copied_sources() -> set[str]:
+    sources = set()
+    for keyword, rest in stages()[0]:
+        if keyword == "COPY" and "--from" not in rest:
+            sources.update(part.rstrip("/") for part in shlex.split(rest)[:-1])
+    return sources
+
+
+def test_build_context_holds_what_the_wheel_needs() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
+    needed = {
+        "pyproject.toml",
+        project["project"]["readme"],
+        *wheel["packages"],
+        *wheel.get("force-include", {}),
+    }
+    assert needed <= copied_sources(), needed - copied_sources()
+    for source in copied_sources():
+        assert (ROOT / source).exists(), source
+        assert in_context(source), f"{source} is excluded by .dockerignore"
+    for path in (
+        "webhook/policy.py",
+        "sidecar-configs/default.vcl.j2",
+        "webhook/default-policy.yaml",
+    ):
+        assert in_context(path), path
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        pytest.param(".venv/bin/python", False, id="venv"),
+        pytest.param("tests/chart/test_render.py", False, id="tests"),
+        pytest.param("certs/tls.key", False, id="dev-certs"),
+        pytest.param(".git/config", False, id="git"),
+        pytest.param("webhook/__pycache__/cli.cpython-311.pyc", False, id="bytecode"),
+        pytest.param("webhook/cli.py", True, id="source"),
+    ],
+)
+def test_dockerignore_keeps_the_context_small(path: str, expected: bool) -> None:
+    assert in_context(path) is expected
+
+
+def test_two_stages_from_one_slim_base() -> None:
+    build, final = stages()
+    assert len(stages()) == 2
+    assert build[0][1].endswith("AS build")
+    assert final[0][1] == "${PYTHON_IMAGE}"
+    assert re.search(r"ARG PYTHON_IMAGE=python:3\.\d+-slim", DOCKERFILE)
+
+
+def test_final_stage_is_slim_and_non_root() -> None:
+    final = stages()[-1]
+    runs = " ".join(rest for keyword, rest in final if keyword == "RUN")
+    assert not any(tool in runs for tool in BUILD_TOOLS), runs
+    assert "--no-index" in runs, "installs only the wheels built in the first stage"
+    assert [keyword for keyword, _ in final].count("COPY") == 0, (
+        "wheels are bind-mounted, not copied"
+    )
+    (user,) = [rest for keyword, rest in final if keyword == "USER"]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) > 0 and (not gid or gid.isdigit()), user
+    assert ("ENTRYPOINT", '["cache-injector"]') in final
+
+
+def test_default_command_matches_the_chart() -> None:
+    (cmd,) = [rest for keyword, rest in stages()[-1] if keyword == "CMD"]
+    arguments = re.findall(r'"([^"]*)"', cmd)
+    assert arguments[0] == "serve"
+    image_options = dict(zip(arguments[1::2], arguments[2::2], strict=True))
+    container = render().webhook_container()
+    chart_options = dict(arg.split("=", 1) for arg in container["args"][1:])
+    for option in ("--tls-cert", "--tls-key", "--policy", "--port", "--host"):
+        assert image_options[option] == chart_options[option], option
+    assert f"EXPOSE {chart_options['--port']}" in DOCKERFILE

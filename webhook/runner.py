@@ -1,0 +1,128 @@
+"""Run the webhook under uvicorn: TLS only, in one process or in N worker processes.
+
+Owns: uvicorn's configuration — uvloop and httptools named outright, so a missing one fails
+start-up instead of serving with the pure-Python parser (p50 170x worse, DESIGN.md "Server");
+the keep-alive, graceful-shutdown and concurrency limits; the metrics directory the workers
+share; and the hooks uvicorn calls in each worker for the TLS context and the app (each worker
+builds its own Runtime, watches the files itself and so picks up every rotation and reload).
+Does not: answer requests (server.py) or build TLS contexts (certs.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import ssl
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
+
+from . import logs, metrics
+from .server import Runtime, Settings, Webhook, build_app
+
+# Longer than the API server's idle-connection timeout (Go's http.Transport: 90 s), so the
+# client closes an idle connection first and never sends a review on one we are closing
+# (a POST is not retried: with failurePolicy Ignore the pod would start without the cache).
+KEEP_ALIVE_SECONDS = 120
+# Requests in flight per worker beyond which uvicorn answers 503: bounds memory, since each
+# may hold a body of up to 8 MiB. The API server needs a handful of connections.
+LIMIT_CONCURRENCY = 256
+
+_RUNTIMES: dict[Settings, Runtime] = {}
+
+
+def runtime_for(settings: Settings) -> Runtime:
+    """This process's Runtime, built on first use (in each worker: by the TLS hook)."""
+    if settings not in _RUNTIMES:
+        _RUNTIMES[settings] = Runtime(settings)
+    return _RUNTIMES[settings]
+
+
+def ssl_context(
+    settings: Settings, config: uvicorn.Config, default: Callable[[], ssl.SSLContext]
+) -> ssl.SSLContext:
+    """uvicorn's ssl_context_factory: the context whose handshakes follow the cert files."""
+    runtime = runtime_for(settings)
+    protocol = config.http_protocol_class
+    runtime.http = f"{protocol.__module__}.{protocol.__qualname__}"
+    return runtime.certificate.context
+
+
+def create_app(settings: Settings) -> Webhook:
+    """uvicorn's app factory, called in each worker process."""
+    return build_app(runtime_for(settings))
+
+
+@contextlib.contextmanager
+def shared_metrics_directory(workers: int) -> Iterator[None]:
+    """PROMETHEUS_MULTIPROC_DIR for the workers: a fresh directory, removed at exit."""
+    given = os.environ.get(metrics.MULTIPROC_ENV)
+    if workers == 1 and not given:
+        yield
+        return
+    if given:
+        # Samples left by an earlier run would be added to this run's (prometheus_client docs).
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="cache-injector-metrics-")
+    os.environ[metrics.MULTIPROC_ENV] = directory
+    try:
+        yield
+    finally:
+        del os.environ[metrics.MULTIPROC_ENV]
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def check(settings: Settings) -> None:
+    """Load policy, templates and certificate once, so a bad file fails `serve` with its
+    message before any worker starts (raises InvalidPolicy or InvalidCertificate)."""
+    runtime_for(settings)
+
+
+def run(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    workers: int = 1,
+    shutdown_timeout: int = 20,
+    log_level: str = "INFO",
+) -> int:
+    """Serve until SIGTERM or SIGINT; in-flight reviews finish first. The exit status."""
+    with shared_metrics_directory(workers):
+        config = uvicorn.Config(
+            app=functools.partial(create_app, settings),
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            ws="none",
+            lifespan="on",
+            interface="asgi3",
+            log_config=logs.log_config(log_level),
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            timeout_graceful_shutdown=shutdown_timeout,
+            limit_concurrency=LIMIT_CONCURRENCY,
+            ssl_context_factory=functools.partial(ssl_context, settings),
+        )
+        if workers == 1:
+            server = uvicorn.Server(config)
+            server.run()
+            return 0 if server.started else STARTUP_FAILURE
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
+        failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
+        return STARTUP_FAILURE if failed else 0
