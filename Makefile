@@ -48,6 +48,10 @@ unit: setup
 e2e: setup daemons
 	$(BIN)/pytest -q -m e2e
 
+# One injected pod with 3 backend pods, run for real (root): HIT/MISS and which pod answered.
+demo: setup daemons
+	$(BIN)/python -m tests.e2e.demo
+
 golden: setup daemons
 	REFRESH_GOLDEN=1 $(BIN)/pytest -q tests/golden
 
