@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def sweep_stale_runs() -> None:
         parts = directory.name.split("-")
         if len(parts) != 3 or parts[0] != "cie2e" or not parts[1].isdigit():
             continue
-        if Path(f"/proc/{parts[1]}").exists():
+        if podrunner.process_alive(int(parts[1])):
             continue  # that run is still going
         netns = Path("/run/netns") / directory.name
         if netns.exists():
@@ -56,7 +57,7 @@ def sweep_stale_runs() -> None:
                 with contextlib.suppress(OSError, ValueError):
                     if os.stat(f"/proc/{int(line)}/ns/net").st_ino == inode:
                         os.killpg(int(line), signal.SIGKILL)
-            os.system(f"ip netns delete {directory.name} 2>/dev/null")
+            subprocess.run(["ip", "netns", "delete", directory.name], check=False)
         shutil.rmtree(directory, ignore_errors=True)
 
 

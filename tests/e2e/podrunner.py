@@ -623,9 +623,39 @@ def ensure_mount_point(path: str) -> None:
         _created_mount_points.extend(missing)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether pid runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def other_runs_alive() -> bool:
+    """Whether another e2e run (another process) still has pods on this machine."""
+    if not BASE_DIR.is_dir():
+        return False
+    for directory in BASE_DIR.iterdir():
+        parts = directory.name.split("-")
+        if (
+            len(parts) == 3
+            and parts[0] == "cie2e"
+            and parts[1].isdigit()
+            and int(parts[1]) != os.getpid()
+            and process_alive(int(parts[1]))
+        ):
+            return True
+    return False
+
+
 def remove_mount_points() -> None:
-    """Remove the empty directories ensure_mount_point created (once no pod runs)."""
+    """Remove the empty directories ensure_mount_point created, once no pod runs. Not while
+    another run's pods use them: removing a directory detaches the mounts on it in every
+    mount namespace."""
     with _mount_points_lock:
+        if other_runs_alive():
+            return
         for path in sorted(_created_mount_points, key=lambda p: -len(p.parts)):
             with contextlib.suppress(OSError):
                 path.rmdir()
