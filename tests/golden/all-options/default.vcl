@@ -31,7 +31,7 @@ acl purgers {
 }
 
 sub vcl_recv {
-    # Our own marker (see vcl_miss): never taken from a client; a restart keeps it.
+    # Our own marker (see vcl_deliver): never taken from a client; a restart keeps it.
     if (req.restarts == 0) {
         unset req.http.X-Cache-Stale-If-Error;
     }
@@ -62,7 +62,7 @@ sub vcl_recv {
     # While HAProxy reports backend pods up, serve an expired object at most 10 s longer
     # (refreshed in the background); when none is up, serve it for the whole grace. So does
     # the second look after a failed fetch (vcl_deliver): a stale copy beats an error.
-    if (req.http.X-Cache-Stale-If-Error) {
+    if (req.http.X-Cache-Stale-If-Error == "retry") {
         set req.grace = 3600s;
     } else if (std.healthy(req.backend_hint)) {
         set req.grace = 10s;
@@ -72,12 +72,14 @@ sub vcl_recv {
 }
 
 sub vcl_miss {
-    # No copy we may serve now, so this request fetches. If the fetch fails, vcl_deliver
-    # looks once more and takes a stale copy within grace (stale-if-error): while HAProxy
-    # still reports pods up (the first seconds of an outage) req.grace is only 10 s.
-    if (req.restarts == 0 && !req.is_hitmiss) {
-        set req.http.X-Cache-Stale-If-Error = "miss";
+    # A hit-for-miss: the response is never stored, so there is no stale copy to fall back on.
+    if (req.is_hitmiss) {
+        set req.http.X-Cache-Stale-If-Error = "pass";
     }
+}
+
+sub vcl_pass {
+    set req.http.X-Cache-Stale-If-Error = "pass";
 }
 
 sub vcl_backend_fetch {
@@ -97,8 +99,8 @@ sub vcl_backend_response {
     # 5xx supersedes the stale copy of the object (and the built-in VCL keeps it 120 s as a
     # hit-for-miss), so the copy grace should serve is gone the moment the backends fail.
     # As an error (vcl_backend_error, TTL 0) it replaces nothing: a background refresh keeps
-    # the stale copy, and a miss gets its second look in vcl_deliver. The status and reason
-    # are kept; the body becomes Varnish's error page.
+    # the stale copy, and the request gets its second look in vcl_deliver. The status and
+    # reason are kept; the body becomes Varnish's error page.
     if (beresp.status >= 500 && !bereq.uncacheable) {
         return (error(beresp.status, beresp.reason));
     }
@@ -124,9 +126,12 @@ sub vcl_backend_response {
 }
 
 sub vcl_deliver {
-    # The fetch for a cacheable request failed: look once more, accepting any copy within
-    # grace; without one the client gets the error of the second attempt.
-    if (resp.status >= 500 && req.http.X-Cache-Stale-If-Error == "miss") {
+    # Stale-if-error: a cacheable request got an error (its own fetch failed, or the one it
+    # waited for). Look once more, accepting any copy within grace - while HAProxy still
+    # reports pods up, in the first seconds of an outage, req.grace was only 10 s. Without
+    # a copy the client gets the error of the second attempt.
+    if (resp.status >= 500 && req.restarts == 0 && !req.http.X-Cache-Stale-If-Error
+        && (req.method == "GET" || req.method == "HEAD")) {
         set req.http.X-Cache-Stale-If-Error = "retry";
         return (restart);
     }
