@@ -32,8 +32,8 @@ def outage_path(index: int) -> str:
     return f"{kind}{index}" if kind == "/nocache/" else f"{kind}-{index // len(KINDS) % 4}"
 
 
-def backend_outage() -> Observed:
-    with PodEnv(generation("newest"), backends=3, label="backend-outage") as env:
+def backend_outage(gen_name: str) -> Observed:
+    with PodEnv(generation(gen_name), backends=3, label="backend-outage") as env:
         assert env.dns
         objects = [f"{kind}-{n}" for kind in KINDS[:3] for n in range(4)]
         for path in objects:
@@ -62,9 +62,11 @@ def backend_outage() -> Observed:
         )  # fmt: skip
 
 
-@background(backend_outage)
+@pytest.mark.parametrize(
+    "gen_name", [pytest.param(g, marks=background(backend_outage, g)) for g in ("newest", "oldest")]
+)
 def test_backend_outage_serves_cache_fails_fast_and_recovers(
-    scenarios: Scenarios, request: pytest.FixtureRequest
+    gen_name: str, scenarios: Scenarios, request: pytest.FixtureRequest
 ) -> None:
     seen: Observed = scenarios.outcome(request.node)
     down, back = seen.marks["down"], seen.marks["back"]

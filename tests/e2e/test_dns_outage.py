@@ -25,8 +25,8 @@ OUTAGE = 40
 RATE = 20
 
 
-def dns_outage(mode: str) -> Observed:
-    gen = generation("newest")
+def dns_outage(gen_name: str, mode: str) -> Observed:
+    gen = generation(gen_name)
     with PodEnv(gen, label=f"dns-{mode}") as env:
         assert env.dns
         traffic = Traffic(env.http, mixed_path, rate=RATE).start()
@@ -48,14 +48,15 @@ def dns_outage(mode: str) -> Observed:
 
 
 @pytest.mark.parametrize(
-    "mode",
+    ("gen_name", "mode"),
     [
-        pytest.param(m, marks=background(dns_outage, m))
+        pytest.param(g, m, marks=background(dns_outage, g, m), id=f"{g}-{m}")
+        for g in ("newest", "oldest")
         for m in ("timeout", "refused", "servfail", "down")
     ],
 )
 def test_dns_outage_of_40_seconds_without_an_error(
-    mode: str, scenarios: Scenarios, request: pytest.FixtureRequest
+    gen_name: str, mode: str, scenarios: Scenarios, request: pytest.FixtureRequest
 ) -> None:
     seen: Observed = scenarios.outcome(request.node)
     outage = between(seen.replies, seen.marks["outage"], seen.marks["back"])
