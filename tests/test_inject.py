@@ -187,6 +187,12 @@ def test_port_clash_names_both_containers(policy: Policy, templates: Templates) 
                templates).injected  # fmt: skip
 
 
+def test_a_port_name_that_is_not_a_string_is_ignored(policy: Policy, templates: Templates) -> None:
+    pod = make_pod()
+    pod["spec"]["containers"][0]["ports"] = [{"containerPort": 8080, "name": {"x": 1}}]
+    assert run(pod, policy, templates).injected
+
+
 def test_on_invalid_skip_lets_the_pod_through_with_a_warning(templates: Templates) -> None:
     policy = policy_from({"onInvalid": "skip"})
     outcome = run(make_pod(annotations={P + "grace": "forever"}), policy, templates)

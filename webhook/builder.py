@@ -254,9 +254,11 @@ def declared_ports(pod_spec: Mapping[str, Any]) -> list[tuple[str, int, str | No
                 continue
             for port in container.get("ports") or []:
                 if isinstance(port, dict) and isinstance(port.get("containerPort"), int):
-                    found.append(
-                        (str(container.get("name")), port["containerPort"], port.get("name"))
-                    )
+                    # A name that is not a string (only hostile reviews carry one: the API
+                    # server would not decode it) names nothing; unchecked, it broke the
+                    # set lookup in check_ports with a TypeError.
+                    name = port.get("name") if isinstance(port.get("name"), str) else None
+                    found.append((str(container.get("name")), port["containerPort"], name))
     return found
 
 
