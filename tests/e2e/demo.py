@@ -13,7 +13,16 @@ import sys
 import pytest
 
 from tests.e2e.conftest import host_problem, sweep_stale_runs
-from tests.e2e.harness import DNS_IP, FQDN, GENERATIONS, LISTEN_PORT, POD_IP, PodEnv, generation
+from tests.e2e.harness import (
+    DNS_IP,
+    FQDN,
+    GENERATIONS,
+    LISTEN_PORT,
+    POD_IP,
+    PodEnv,
+    generation,
+    root_cleanup,
+)
 from tests.e2e.podrunner import remove_mount_points
 
 
@@ -64,6 +73,7 @@ def main() -> None:
             )
     finally:
         remove_mount_points()
+        root_cleanup()
     sys.stdout.flush()
 
 
