@@ -72,8 +72,9 @@ def build_patch(
     spec: Mapping[str, Any] = pod.get("spec") or {}
     metadata: Mapping[str, Any] = pod.get("metadata") or {}
     ops: list[Op] = []
-    if not isinstance(pod.get("metadata"), dict):
-        ops.append({"op": "add", "path": "/metadata", "value": {}})
+    for parent in ("metadata", "spec"):
+        if not isinstance(pod.get(parent), dict):
+            ops.append({"op": "add", "path": f"/{parent}", "value": {}})
     for group, index in sorted(replaced.values(), key=lambda item: -item[1]):
         ops.append({"op": "remove", "path": f"/spec/{group}/{index}"})
 
