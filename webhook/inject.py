@@ -26,7 +26,11 @@ DEFAULT_TERMINATION_GRACE_SECONDS = 30
 
 @dataclass(frozen=True)
 class Outcome:
-    """The answer for one pod: allowed or denied, why, and the patch when injected."""
+    """The answer for one pod: allowed or denied, why, and the patch when injected.
+
+    The patch's values share nested objects with the engine's memo: serialize them, or copy
+    the patch before applying it to a document that will be changed afterwards.
+    """
 
     allowed: bool
     decision: Decision
