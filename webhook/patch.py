@@ -7,9 +7,10 @@ Does not: decide what the containers contain (builder.py) or whether to inject.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from . import __version__, names
 
@@ -25,16 +26,15 @@ def status_annotation(
     containers: Sequence[Mapping[str, Any]], volumes: Sequence[str], config_hash: str
 ) -> str:
     """What was injected, so re-injection is a no-op and a stale pod can be spotted."""
-    return json.dumps(
+    return orjson.dumps(
         {
             "version": __version__,
             "containers": [c["name"] for c in containers],
             "volumes": list(volumes),
             "configHash": config_hash,
         },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+        option=orjson.OPT_SORT_KEYS,
+    ).decode()
 
 
 def _annotation_ops(metadata: Mapping[str, Any], added: Mapping[str, str]) -> list[Op]:
