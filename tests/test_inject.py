@@ -265,3 +265,17 @@ def test_configs_reach_the_containers_through_the_downward_api(
         assert annotations[key]
     workdir = volumes["cache-varnish-workdir"]["emptyDir"]
     assert workdir == {"medium": "Memory", "sizeLimit": "128Mi"}
+
+
+def test_a_pod_without_spec_or_metadata_parts_still_gets_a_patch_that_applies(
+    policy: Policy, templates: Templates
+) -> None:
+    pod = make_pod()
+    del pod["spec"]
+    outcome = run(pod, policy, templates)
+    assert outcome.injected
+    result = jsonpatch.apply_patch(pod, outcome.patch)
+    assert [c["name"] for c in result["spec"]["initContainers"]] == [
+        "cache-haproxy",
+        "cache-varnish",
+    ]

@@ -14,7 +14,7 @@ from webhook import docs
 
 # Each core module and the core modules it may import. Edge modules (cli, server, ...) may
 # import anything; nothing in the core may import an edge module.
-ORDER = ["names", "errors", "values", "policy", "options", "selection", "builder", "render",
+ORDER = ["names", "memo", "errors", "values", "policy", "options", "selection", "builder", "render",
          "patch", "inject"]  # fmt: skip
 PACKAGE = ROOT / "webhook"
 

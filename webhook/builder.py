@@ -14,6 +14,7 @@ from typing import Any
 
 from . import names, values
 from .errors import ImageOverrideNotAllowed, InvalidAnnotation, PortClash
+from .memo import BoundedMemo
 from .options import Options
 from .policy import VARNISH_WORKDIR_SIZE, Policy, Resources, varnish_memory_limit
 
@@ -346,12 +347,23 @@ def native(container: JsonDict) -> JsonDict:
     return {**container, "restartPolicy": "Always"}
 
 
+_BUILT: BoundedMemo[tuple[Options, str], tuple[list[JsonDict], list[JsonDict]]] = BoundedMemo(1024)
+
+
 def build_sidecars(options: Options, policy: Policy) -> tuple[list[JsonDict], list[JsonDict]]:
-    """Our two containers (start order: HAProxy, then Varnish) and their volumes."""
-    containers = [build_haproxy(policy), build_varnish(options, policy)]
-    if policy.model.native_sidecars:
-        containers = [native(container) for container in containers]
-    return containers, build_volumes(options)
+    """Our two containers (start order: HAProxy, then Varnish) and their volumes.
+
+    Memoized per (options, policy): the dicts are shared between reviews, so callers treat
+    them as read-only (the CLI copies a patch before applying it to a document).
+    """
+    key = (options, policy.digest)
+    built = _BUILT.get(key)
+    if built is None:
+        containers = [build_haproxy(policy), build_varnish(options, policy)]
+        if policy.model.native_sidecars:
+            containers = [native(container) for container in containers]
+        built = _BUILT.put(key, (containers, build_volumes(options)))
+    return built
 
 
 def user_declared(pod_spec: Mapping[str, Any]) -> dict[str, tuple[str, int, Mapping[str, Any]]]:

@@ -7,6 +7,7 @@ says is what the webhook does.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from collections.abc import Iterator, Mapping
@@ -165,7 +166,9 @@ def inject(
         if not result.outcome.allowed and result.outcome.error is not None:
             errors += [f"{where}: {line}" for line in error_lines(result.outcome.error)]
         elif result.outcome.injected:
-            jsonpatch.apply_patch(result.workload.template, result.outcome.patch, in_place=True)
+            # The patch shares built sidecars with the engine's memo: apply a copy.
+            patch = copy.deepcopy(result.outcome.patch)
+            jsonpatch.apply_patch(result.workload.template, patch, in_place=True)
             result.workload.document.changed = True
     if errors:
         fail("\n".join(errors))

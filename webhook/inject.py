@@ -26,7 +26,11 @@ DEFAULT_TERMINATION_GRACE_SECONDS = 30
 
 @dataclass(frozen=True)
 class Outcome:
-    """The answer for one pod: allowed or denied, why, and the patch when injected."""
+    """The answer for one pod: allowed or denied, why, and the patch when injected.
+
+    The patch's values share nested objects with the engine's memo: serialize them, or copy
+    the patch before applying it to a document that will be changed afterwards.
+    """
 
     allowed: bool
     decision: Decision
@@ -143,9 +147,9 @@ def inject_pod(
             problems.append(err)
     if problems:
         return _refuse(InvalidOptions(problems), policy, warnings)
-    varnish = merged[-1]
-    memory_warning = builder.memory_limit_warning(varnish, options, policy)
-    warnings += [memory_warning] if memory_warning else []
+    if names.CONTAINER_VARNISH in declared:  # ours always meets the memory-limit rule
+        memory_warning = builder.memory_limit_warning(merged[-1], options, policy)
+        warnings += [memory_warning] if memory_warning else []
     warnings += _grace_warning(pod, options)
 
     target = Target(namespace, policy.model.cluster_domain, policy.model.sticky_session_secret)

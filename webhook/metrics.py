@@ -9,6 +9,7 @@ Does not: decide what to count (server.py does).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -55,6 +56,20 @@ POLICY_RELOADS = Counter(
     "policy stays in force.",
     ["result"],
 )
+
+
+_ADMISSION_CHILDREN: dict[tuple[str, str], Any] = {}
+
+
+def count_admission(result: str, reason: str, seconds: float) -> None:
+    """One answered review. Label children are looked up once per (result, reason): both
+    come from fixed tables, and `labels()` takes a lock on every call."""
+    child = _ADMISSION_CHILDREN.get((result, reason))
+    if child is None:
+        child = ADMISSIONS.labels(result=result, reason=reason)
+        _ADMISSION_CHILDREN[(result, reason)] = child
+    child.inc()
+    ADMISSION_DURATION.observe(seconds)
 
 
 def initialise() -> None:

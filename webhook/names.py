@@ -7,7 +7,7 @@ Does not: parse or validate values (options.py does, by each spec's `kind`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PREFIX = "cache-injector.io/"
 
@@ -77,14 +77,13 @@ class OptionSpec:
     doc: str  # one line: what it does
     low: int | None = None  # bounds for int kinds
     high: int | None = None
+    # Derived once: read on every review.
+    suffix: str = field(init=False)
+    key: str = field(init=False)
 
-    @property
-    def suffix(self) -> str:
-        return self.name.replace("_", "-")
-
-    @property
-    def key(self) -> str:
-        return PREFIX + self.suffix
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "suffix", self.name.replace("_", "-"))
+        object.__setattr__(self, "key", PREFIX + self.suffix)
 
 
 OPTIONS: tuple[OptionSpec, ...] = (

@@ -19,6 +19,7 @@ from .errors import (
     InvalidOptions,
     LimitExceeded,
 )
+from .memo import BoundedMemo
 from .policy import MIN_CACHE_SIZE, Policy, accepted_text
 
 Source = Literal["annotation", "namespace-policy", "policy-default", "built-in"]
@@ -59,8 +60,25 @@ def _pick(
     return spec.default, "built-in"
 
 
+_RESOLVED: BoundedMemo[tuple[object, ...], Options] = BoundedMemo(4096)
+
+
 def resolve_options(annotations: Mapping[str, str], *, namespace: str, policy: Policy) -> Options:
-    """Resolve every option for a pod in `namespace`; raise InvalidOptions listing all problems."""
+    """Resolve every option for a pod in `namespace`; raise InvalidOptions listing all problems.
+
+    Memoized per (policy, namespace, our annotations): replicas of a workload resolve once.
+    """
+    ours = tuple(item for item in annotations.items() if item[0].startswith(names.PREFIX))
+    if all(isinstance(value, str) for _, value in ours):
+        key = (policy.digest, namespace, ours)
+        options = _RESOLVED.get(key)
+        if options is None:
+            options = _RESOLVED.put(key, _resolve(annotations, namespace, policy))
+        return options
+    return _resolve(annotations, namespace, policy)
+
+
+def _resolve(annotations: Mapping[str, str], namespace: str, policy: Policy) -> Options:
     namespace_values = policy.namespace_options.get(namespace, {})
     problems: list[InvalidAnnotation] = []
     parsed: dict[str, object] = {}

@@ -7,9 +7,10 @@ Does not: decide what the containers contain (builder.py) or whether to inject.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from . import __version__, names
 
@@ -25,16 +26,15 @@ def status_annotation(
     containers: Sequence[Mapping[str, Any]], volumes: Sequence[str], config_hash: str
 ) -> str:
     """What was injected, so re-injection is a no-op and a stale pod can be spotted."""
-    return json.dumps(
+    return orjson.dumps(
         {
             "version": __version__,
             "containers": [c["name"] for c in containers],
             "volumes": list(volumes),
             "configHash": config_hash,
         },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+        option=orjson.OPT_SORT_KEYS,
+    ).decode()
 
 
 def _annotation_ops(metadata: Mapping[str, Any], added: Mapping[str, str]) -> list[Op]:
@@ -72,8 +72,9 @@ def build_patch(
     spec: Mapping[str, Any] = pod.get("spec") or {}
     metadata: Mapping[str, Any] = pod.get("metadata") or {}
     ops: list[Op] = []
-    if not isinstance(pod.get("metadata"), dict):
-        ops.append({"op": "add", "path": "/metadata", "value": {}})
+    for parent in ("metadata", "spec"):
+        if not isinstance(pod.get(parent), dict):
+            ops.append({"op": "add", "path": f"/{parent}", "value": {}})
     for group, index in sorted(replaced.values(), key=lambda item: -item[1]):
         ops.append({"op": "remove", "path": f"/spec/{group}/{index}"})
 

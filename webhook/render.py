@@ -67,7 +67,7 @@ class RenderedConfigs:
     vcl: str | None  # None when a vcl-configmap replaces the generated VCL
     haproxy_cfg: str
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         text = (self.vcl or "") + "\0" + self.haproxy_cfg
         return hashlib.sha256(text.encode()).hexdigest()[:16]

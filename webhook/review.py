@@ -11,7 +11,6 @@ Pure: bytes or dicts in, dicts or bytes out, so it is tested without a server.
 from __future__ import annotations
 
 import base64
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -169,7 +168,18 @@ def decode_review(body: bytes) -> ReviewRequest:
     namespace = _field(request, "request", "namespace", str, "a string") or ""
     name = _field(request, "request", "name", str, "a string") or ""
     dry_run = bool(_field(request, "request", "dryRun", bool, "true or false"))
-    review = ReviewRequest(
+    obj = request.get("object")
+    generate_name = ""
+    if group == "" and kind_name == "Pod" and not sub_resource and operation == "CREATE":
+        # Only a Pod CREATE needs its object (a DELETE's object is null).
+        metadata = check_pod(obj).get("metadata") or {}
+        if not DNS_LABEL.match(namespace):
+            # Pods are namespaced: the API server always says where this one is created,
+            # and the name reaches the rendered configs (the backend's FQDN).
+            raise MalformedReview("request.namespace", _show(namespace), "the Pod's namespace name")
+        name = name or metadata.get("name") or ""
+        generate_name = metadata.get("generateName") or ""
+    return ReviewRequest(
         uid=uid,
         operation=operation,
         group=group,
@@ -177,22 +187,9 @@ def decode_review(body: bytes) -> ReviewRequest:
         sub_resource=sub_resource,
         namespace=namespace,
         name=name,
-        generate_name="",
+        generate_name=generate_name,
         dry_run=dry_run,
-        object=request.get("object"),
-    )
-    if not (review.is_pod and operation == "CREATE"):
-        return review  # answered without the object: a DELETE's object is null
-    pod = check_pod(review.object)
-    if not DNS_LABEL.match(namespace):
-        # Pods are namespaced: the API server always says where this one is created, and the
-        # name reaches the rendered configs (the backend's FQDN), so it must be a real one.
-        raise MalformedReview("request.namespace", _show(namespace), "the Pod's namespace name")
-    metadata = pod.get("metadata") or {}
-    return dataclasses.replace(
-        review,
-        name=name or metadata.get("name") or "",
-        generate_name=metadata.get("generateName") or "",
+        object=obj,
     )
 
 

@@ -269,8 +269,7 @@ class Runtime:
             outcome, result, reason = None, "error", "internal_error"
             encoded = orjson.dumps(internal_error_response(request.uid))
         elapsed = time.perf_counter() - started
-        metrics.ADMISSIONS.labels(result=result, reason=reason).inc()
-        metrics.ADMISSION_DURATION.observe(elapsed)
+        metrics.count_admission(result, reason, elapsed)
         self.log_review(request, outcome, result, reason, elapsed)
         return 200, encoded
 
