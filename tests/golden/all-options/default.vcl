@@ -125,6 +125,16 @@ sub vcl_backend_response {
     # is never cached.
 }
 
+sub vcl_backend_error {
+    # Never keep an error. When other requests wait on the failed fetch, Varnish stores its
+    # error for 1 s plus 5 s of grace (vbf_stp_error), and that newer object then hides the
+    # stale copy grace should serve: the second look in vcl_deliver finds the error again.
+    set beresp.ttl = 0s;
+    set beresp.grace = 0s;
+    set beresp.keep = 0s;
+    # Falls through to the built-in vcl_backend_error: Varnish's error page.
+}
+
 sub vcl_deliver {
     # Stale-if-error: a cacheable request got an error (its own fetch failed, or the one it
     # waited for). Look once more, accepting any copy within grace - while HAProxy still
