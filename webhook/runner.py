@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
+import socket
 import ssl
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,6 +24,7 @@ from pathlib import Path
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors.multiprocess import Process
 
 from . import logs, metrics
 from .server import Runtime, Settings, Webhook, build_app
@@ -81,6 +84,78 @@ def shared_metrics_directory(workers: int) -> Iterator[None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """One listening socket per worker, all in one SO_REUSEPORT group on host:port.
+
+    The kernel then spreads new connections over the workers by their addresses. With one
+    socket shared by every worker, the worker that wakes first accepts every pending
+    connection: under 8 keep-alive connections one worker served all of them while the
+    other idled, and a second worker added no throughput.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]  # --port 0: the same free port for every worker
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class SpreadingMultiprocess(Multiprocess):
+    """uvicorn's worker supervisor, but worker i listens only on socket i (see
+    listening_sockets); a worker that dies is replaced on the same socket."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        self.worker_sockets = sockets
+
+    def _process(self, index: int) -> Process:
+        process = Process(self.config, [self.worker_sockets[index]])
+        process.start()
+        return process
+
+    def init_processes(self) -> None:
+        self.processes = [self._process(index) for index in range(self.processes_num)]
+
+    def restart_all(self) -> None:
+        """SIGHUP: replace each worker, its replacement serving before the old one stops."""
+        for index, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = self._process(index)
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                new.kill()
+                new.join()
+                return
+            old.terminate()
+            old.join()
+            self.processes[index] = new
+
+    def keep_subprocess_alive(self) -> None:
+        if self.should_exit.is_set():
+            return
+        for index, process in enumerate(self.processes):
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:
+                # Broken app, TLS or bind: every restart would fail the same way.
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            self.processes[index] = self._process(index)
+
+
 def check(settings: Settings) -> None:
     """Load policy, templates and certificate once, so a bad file fails `serve` with its
     message before any worker starts (raises InvalidPolicy or InvalidCertificate)."""
@@ -122,7 +197,12 @@ def run(
             server = uvicorn.Server(config)
             server.run()
             return 0 if server.started else STARTUP_FAILURE
-        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        try:
+            sockets = listening_sockets(host, port, workers)
+        except OSError as err:
+            logs.event("cannot listen", logging.ERROR, host=host, port=port, error=str(err))
+            return STARTUP_FAILURE
+        supervisor = SpreadingMultiprocess(config, sockets)
         supervisor.run()
         failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
         return STARTUP_FAILURE if failed else 0
