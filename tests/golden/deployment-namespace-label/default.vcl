@@ -91,6 +91,19 @@ sub vcl_backend_response {
     # is never cached.
 }
 
+sub vcl_backend_error {
+    # An error object is never cached. Varnish 7.1 gives the error of a background fetch a
+    # few seconds of TTL and grace (and one with requests waiting on it 1 s + 5 s), and as
+    # the newest object it wins every lookup: a URL whose stale copy grace should serve
+    # answered "503, X-Cache: HIT" for ~8 s in the first seconds of a backend outage (e2e
+    # scenario 7; reproduced with a backend failing after 1 s). Uncached, waiting requests
+    # fetch in turn instead of sharing the 503, and each one's second look finds the stale
+    # copy. Falls through to the built-in vcl_backend_error (the error page).
+    set beresp.ttl = 0s;
+    set beresp.grace = 0s;
+    set beresp.keep = 0s;
+}
+
 sub vcl_deliver {
     # Stale-if-error: a cacheable request got an error (its own fetch failed, or the one it
     # waited for). Look once more, accepting any copy within grace - while HAProxy still
