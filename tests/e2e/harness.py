@@ -126,6 +126,7 @@ class PodEnv:
         edit_pod: Callable[[dict[str, Any]], None] | None = None,
         pod: Mapping[str, Any] | None = None,
         policy: str | None = None,
+        before_start: Callable[[PodEnv], None] | None = None,
         label: str = "pod",
     ) -> None:
         with _counter_lock:
@@ -143,6 +144,7 @@ class PodEnv:
         self.edit_pod = edit_pod  # changes the injected pod before it runs
         self.pod_manifest = dict(pod) if pod is not None else None  # else make_pod()
         self.policy = policy  # policy YAML for `cache-injector inject --policy`
+        self.before_start = before_start  # called just before the pod's containers start
         self.label = label
         self.backends: dict[str, BackendPod] = {}
         self._next_backend = itertools.count(0)
@@ -197,6 +199,8 @@ class PodEnv:
             workdir=self.workdir,
         )
         self.client = Client(self.netns, POD_IP, LISTEN_PORT)
+        if self.before_start:
+            self.before_start(self)
         self.pod.start()
         for container, seconds in self.sidecar_start_seconds().items():
             record("sidecar time to ready", self.gen.label, f"{container} s", seconds)
