@@ -736,6 +736,16 @@ class PodRunner:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(state.main_pid, signum)
 
+    def catches(self, container: str, signum: int) -> bool:
+        """Whether the container's PID 1 has a handler for signum (SigCgt): as PID 1 of its
+        namespace, a process without one never sees that signal."""
+        pid = self.states[container].main_pid
+        with contextlib.suppress(OSError, StopIteration, ValueError):
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            caught = int(next(x for x in status if x.startswith("SigCgt:")).split()[1], 16)
+            return bool(caught & (1 << (signum - 1)))
+        return False
+
     def _kill(self, state: ContainerState) -> None:
         """SIGKILL: the PID 1 and with it every process of the container."""
         if state.main_pid is not None:

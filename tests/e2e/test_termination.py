@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from tests.e2e.harness import (
     generation,
     make_pod,
     observe,
+    wait_for,
 )
 from tests.e2e.podrunner import PodTermination
 from tests.e2e.scenarios import Scenarios, background, recorder, sleep
@@ -177,6 +179,9 @@ def drain(gen_name: str, mode: str) -> Observed:
     pod = make_pod({}, containers=[app_container("web", APP_IDLE)])
     policy = FALLBACK_POLICY if mode == "fallback" else None
     with PodEnv(gen, pod=pod, policy=policy, label=f"drain-{mode}") as env:
+        # The app handles SIGTERM once its interpreter has started (before that, as PID 1, it
+        # would ignore it and hold the sidecars until the grace period's SIGKILL).
+        assert wait_for(lambda: env.runner.catches("web", signal.SIGTERM), timeout=30) is not None
         for i in range(8):
             env.http.get(f"/static/{i}")
         traffic = Traffic(env.http, drain_path, rate=20, source=OTHER_CLIENT_IP, timeout=5).start()
