@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.client import Reply, Traffic, between, error_summary
-from tests.e2e.harness import Observed, PodEnv, generation, observe, wait_for
+from tests.e2e.harness import LISTEN_PORT, POD_IP, Observed, PodEnv, generation, observe
 from tests.e2e.podrunner import BACKOFF_INITIAL_SECONDS
 from tests.e2e.scenarios import Scenarios, background, recorder, sleep
 
@@ -59,17 +59,38 @@ def admin_socket_answers(env: PodEnv) -> str:
     return next((line for line in text.splitlines() if line.startswith("Name:")), text[:80])
 
 
-def crash_and_restart(env: PodEnv, container: str) -> dict[str, float]:
-    """SIGKILL the container's PID 1; return when it was restarted and ready again."""
+def port_open(env: PodEnv) -> bool:
+    """Whether anything accepts a connection on the pod's cache port."""
+    assert env.netns
+
+    def attempt() -> bool:
+        try:
+            socket.create_connection((POD_IP, LISTEN_PORT), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
+
+    return env.netns.call(attempt)
+
+
+def crash_and_restart(env: PodEnv, container: str) -> dict[str, Any]:
+    """SIGKILL the container's PID 1; return when it was restarted and ready again. For
+    Varnish, the pod's port is probed every 20 ms meanwhile: (time, open) pairs."""
     state = env.runner.states[container]
     restarts = len(state.restarts)
     killed = time.monotonic()
     env.runner.signal(container, signal.SIGKILL)
-    limit = BACKOFF_INITIAL_SECONDS * 2 + 20
-    assert (
-        wait_for(lambda: len(state.restarts) > restarts, timeout=limit, interval=0.05) is not None
-    ), f"{container} not restarted\n{env.diagnostics()}"
-    assert wait_for(lambda: state.ready, timeout=30, interval=0.05) is not None, env.diagnostics()
+    probes: list[tuple[float, bool]] = []
+    deadline = killed + BACKOFF_INITIAL_SECONDS * 2 + 30
+    while time.monotonic() < deadline:
+        if container == "cache-varnish":
+            probes.append((time.monotonic(), port_open(env)))
+        if len(state.restarts) > restarts and state.ready:
+            break
+        time.sleep(0.02)
+    assert len(state.restarts) > restarts and state.ready, (
+        f"{container} not restarted and ready\n{env.diagnostics()}"
+    )
     exited = next(e.at for e in reversed(state.exits))
     return {
         "killed": killed,
@@ -77,6 +98,7 @@ def crash_and_restart(env: PodEnv, container: str) -> dict[str, float]:
         "restarted": state.restarts[-1],
         "started": state.started_at or 0.0,
         "ready": time.monotonic(),
+        "probes": probes,
     }
 
 
@@ -87,8 +109,8 @@ def crashes(gen_name: str) -> Observed:
             env.http.get(f"/static/{i}")
         traffic = Traffic(env.http, crash_path, rate=RATE, timeout=5).start()
         sleep(2)
-        events: dict[str, dict[str, float]] = {}
-        previous: dict[str, float] | None = None
+        events: dict[str, dict[str, Any]] = {}
+        previous: dict[str, Any] | None = None
         for name, container in (
             ("haproxy", "cache-haproxy"),
             ("haproxy again", "cache-haproxy"),
@@ -177,6 +199,14 @@ def test_a_killed_sidecar_is_restarted_and_the_pod_recovers(
     down = between(seen.replies, event["killed"] + 0.05, event["restarted"])
     note("varnish: requests failed while down", f"{sum(not r.ok for r in down)}/{len(down)}")
     assert all(not r.ok for r in down), "nothing answers on the pod's port while Varnish is down"
+    # The port closes as the container's processes die (within milliseconds of the kill)
+    # and opens again only with the restarted Varnish.
+    probes = event["probes"]
+    closed = next((at for at, is_open in probes if not is_open), None)
+    assert closed is not None and closed - event["killed"] < 1, f"never refused: {probes[:5]}"
+    opened = next((at for at, is_open in probes if is_open and at > closed), None)
+    note("varnish: port refused for s", opened and round(opened - closed, 2))
+    assert opened is not None and opened > event["restarted"], "it opens with the new Varnish"
     first = first_ok_after(seen.replies, event["restarted"])
     note("varnish: restart to first 200 s", first and round(first, 2))
     back = recovered_after(seen.replies, event["restarted"], event["next"] - IN_FLIGHT)
