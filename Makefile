@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(firstword $(wildcard ../shared /work/shared))
 APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl
 
-.PHONY: setup daemons lint test unit e2e golden docs chart-schema run certs demo bench clean
+.PHONY: setup daemons lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath clean
 
 setup: $(VENV)/.installed
 
@@ -76,6 +76,11 @@ run: setup
 # Prints numbers, asserts nothing: admission latency/throughput vs the Go reference webhook.
 bench: setup daemons
 	$(BIN)/python -m bench.admission
+
+# Prints numbers, asserts nothing: the injected pod's data path (start, idle memory, HIT and
+# MISS latency vs a plain varnishd) on both daemon generations; root and wrk needed.
+bench-datapath: setup daemons
+	$(BIN)/python -m bench.datapath
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -61,6 +61,16 @@ def test_regular_sidecars_fallback(templates: Templates) -> None:
     varnish = container(result, "cache-varnish")
     assert "restartPolicy" not in varnish
     assert varnish["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "5"]}}
+    # A regular HAProxy would be stopped at once, failing Varnish's misses while it drains.
+    haproxy = container(result, "cache-haproxy")
+    assert haproxy["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "6"]}}
+
+
+def test_native_haproxy_needs_no_prestop(policy: Policy, templates: Templates) -> None:
+    """Native sidecars stop in reverse order: HAProxy gets SIGTERM once Varnish is gone."""
+    result = injected_pod(make_pod(), policy, templates)
+    assert "lifecycle" not in container(result, "cache-haproxy")
+    assert container(result, "cache-varnish")["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
 
 
 def test_restricted_security_context_on_both(policy: Policy, templates: Templates) -> None:
@@ -241,6 +251,9 @@ def test_reinjection_is_a_no_op(policy: Policy, templates: Templates) -> None:
 def test_drain_seconds_zero_means_no_prestop(policy: Policy, templates: Templates) -> None:
     pod = make_pod(annotations={P + "drain-seconds": "0"})
     assert "lifecycle" not in container(injected_pod(pod, policy, templates), "cache-varnish")
+    fallback = injected_pod(pod, policy_from({"nativeSidecars": False}), templates)
+    for name in ("cache-haproxy", "cache-varnish"):
+        assert "lifecycle" not in container(fallback, name)
 
 
 def test_vcl_configmap_replaces_the_generated_vcl(policy: Policy, templates: Templates) -> None:

@@ -166,7 +166,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "5",
         "an integer from 0 to 300 (0: no preStop sleep)",
         "preStop sleep of cache-varnish on pod deletion: it keeps serving while the "
-        "Service stops routing to the pod.",
+        "Service stops routing to the pod (with nativeSidecars: false, cache-haproxy sleeps "
+        "1 s longer, as it would otherwise stop at once).",
         low=0,
         high=300,
     ),

@@ -8,7 +8,9 @@ path prefix decides its caching headers:
 - `/nocache/...` `Cache-Control: no-store` (every request goes to a backend pod)
 - `/session/...` no caching headers, but `Set-Cookie: session=<pod>` (the app's own cookie)
 - `/healthz`     200, or 503 after set_healthy(False)
-anything else is a 404. Requests are counted per path, with the cookies they carried.
+anything else is a 404. After set_failing(seconds) every other path answers 503 (no-store)
+after that delay: a broken application whose pods still accept connections.
+Requests are counted per path, with the cookies they carried.
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/healthz":
                 status = 200 if pod.healthy else 503
                 headers["Cache-Control"] = "no-store"
+            elif pod.failing is not None:
+                time.sleep(pod.failing)
+                status = 503
+                headers["Cache-Control"] = "no-store"
             else:
                 prefix = next((p for p in CACHE_CONTROL if path.startswith(p)), None)
                 status = 404 if prefix is None else 200
@@ -111,6 +117,7 @@ class BackendPod:
     def __init__(self, netns: Netns, name: str, ip: str, port: int = 8080) -> None:
         self.netns, self.name, self.ip, self.port = netns, name, ip, port
         self.healthy = True
+        self.failing: float | None = None  # seconds before a 503, once set_failing()
         self.stopping = False
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
@@ -131,6 +138,9 @@ class BackendPod:
 
     def set_healthy(self, healthy: bool) -> None:
         self.healthy = healthy
+
+    def set_failing(self, seconds: float | None) -> None:
+        self.failing = seconds
 
     @property
     def running(self) -> bool:

@@ -112,9 +112,12 @@ class Traffic:
         rate: float,
         headers: Mapping[str, str] | None = None,
         limit_seconds: float = 300,
+        source: str | None = None,
+        timeout: float = 10,
     ) -> None:
         self.client, self.paths, self.rate = client, paths, rate
         self.headers = dict(headers or {})
+        self.source, self.timeout = source, timeout
         self.limit_seconds = limit_seconds
         self._futures: list[Future[Reply]] = []
         self._stop = threading.Event()
@@ -135,7 +138,11 @@ class Traffic:
             if self._stop.wait(max(0.0, due - time.monotonic())):
                 break
             path = self.paths(index)
-            self._futures.append(self.client.submit(path, headers=self.headers, timeout=10))
+            self._futures.append(
+                self.client.submit(
+                    path, headers=self.headers, timeout=self.timeout, source=self.source
+                )
+            )
             index += 1
 
     def stop(self) -> list[Reply]:
@@ -167,3 +174,71 @@ def error_summary(replies: Iterable[Reply], origin: float, limit: int = 8) -> st
     if len(bad) > limit:
         lines.append(f"... and {len(bad) - limit} more")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Load:
+    """What concurrent_load() saw."""
+
+    clients: int
+    requests: int
+    errors: int
+    seconds: float
+    first_error: str | None
+
+
+def concurrent_load(
+    netns: Netns,
+    host: str,
+    port: int,
+    *,
+    clients: int,
+    seconds: float,
+    paths: Callable[[int, int], str],
+) -> Load:
+    """`clients` keep-alive connections at once, each sending GET paths(client, n) back to
+    back for `seconds` (a new connection after an error)."""
+    pool = netns.executor(clients)
+    start = threading.Barrier(clients)
+
+    def worker(index: int) -> tuple[int, int, str | None]:
+        start.wait(timeout=30)
+        end = time.monotonic() + seconds
+        sent = failed = 0
+        first: str | None = None
+        connection: http.client.HTTPConnection | None = None
+        while time.monotonic() < end:
+            connection = connection or http.client.HTTPConnection(host, port, timeout=10)
+            try:
+                connection.request("GET", paths(index, sent))
+                response = connection.getresponse()
+                response.read()
+                ok = 200 <= response.status < 400
+                error = None if ok else f"{response.status}"
+            except (OSError, http.client.HTTPException) as err:
+                error = f"{type(err).__name__}: {err}"
+                connection.close()
+                connection = None
+            sent += 1
+            if error:
+                failed += 1
+                first = first or error
+        if connection:
+            connection.close()
+        return sent, failed, first
+
+    began = time.monotonic()
+    try:
+        results = [
+            f.result(timeout=seconds + 60) for f in [pool.submit(worker, i) for i in range(clients)]
+        ]
+    finally:
+        pool.shutdown(wait=False)
+    firsts = [first for _, _, first in results if first]
+    return Load(
+        clients=clients,
+        requests=sum(sent for sent, _, _ in results),
+        errors=sum(failed for _, failed, _ in results),
+        seconds=time.monotonic() - began,
+        first_error=firsts[0] if firsts else None,
+    )

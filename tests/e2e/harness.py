@@ -64,8 +64,41 @@ def generation(name: str) -> Generation:
     return Generation(name, daemons.require(labels["haproxy"]), daemons.require(labels["varnish"]))
 
 
-def make_pod(annotations: Mapping[str, str]) -> dict[str, Any]:
-    """A labelled pod of the Deployment `web` whose cache should front Service `app`."""
+# An application container that idles until SIGTERM, then exits 0 at once (as PID 1, a
+# process without a SIGTERM handler would ignore it until SIGKILL).
+APP_IDLE = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+    "while True:\n"
+    "    time.sleep(60)\n"
+)
+APP_USER = 1001
+
+
+def app_container(name: str, script: str) -> dict[str, Any]:
+    """A regular container the runner runs: python3 -c script, as a non-root user."""
+    return {
+        "name": name,
+        "image": "example/web:1",
+        "command": ["python3", "-c", script],
+        "securityContext": {"runAsUser": APP_USER, "runAsGroup": APP_USER},
+    }
+
+
+def make_pod(
+    annotations: Mapping[str, str],
+    *,
+    containers: list[dict[str, Any]] | None = None,
+    restart_policy: str | None = None,
+    grace: int | None = None,
+) -> dict[str, Any]:
+    """A labelled pod of the Deployment `web` whose cache should front Service `app`. Its
+    container `web` has no command (the runner does not run it) unless `containers` says."""
+    spec: dict[str, Any] = {"containers": containers or [{"name": "web", "image": "example/web:1"}]}
+    if restart_policy is not None:
+        spec["restartPolicy"] = restart_policy
+    if grace is not None:
+        spec["terminationGracePeriodSeconds"] = grace
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -75,7 +108,7 @@ def make_pod(annotations: Mapping[str, str]) -> dict[str, Any]:
             "labels": {"app": "web", "cache-injector.io/inject": "enabled"},
             "annotations": dict(annotations),
         },
-        "spec": {"containers": [{"name": "web", "image": "example/web:1"}]},
+        "spec": spec,
     }
 
 
@@ -90,6 +123,10 @@ class PodEnv:
         backends: int = 3,
         edit_haproxy_cfg: Callable[[str], str] | None = None,
         edit_vcl: Callable[[str], str] | None = None,
+        edit_pod: Callable[[dict[str, Any]], None] | None = None,
+        pod: Mapping[str, Any] | None = None,
+        policy: str | None = None,
+        before_start: Callable[[PodEnv], None] | None = None,
         label: str = "pod",
     ) -> None:
         with _counter_lock:
@@ -104,6 +141,10 @@ class PodEnv:
             "cache-injector.io/haproxy-cfg": edit_haproxy_cfg,
             "cache-injector.io/vcl": edit_vcl,
         }
+        self.edit_pod = edit_pod  # changes the injected pod before it runs
+        self.pod_manifest = dict(pod) if pod is not None else None  # else make_pod()
+        self.policy = policy  # policy YAML for `cache-injector inject --policy`
+        self.before_start = before_start  # called just before the pod's containers start
         self.label = label
         self.backends: dict[str, BackendPod] = {}
         self._next_backend = itertools.count(0)
@@ -140,11 +181,15 @@ class PodEnv:
         self.dns.start()
         for _ in range(self.initial_backends):
             self.add_backend()
-        self.manifest = inject(make_pod(self.annotations), NAMESPACE, workdir=self.workdir)
+        pod = self.pod_manifest or make_pod({})
+        pod["metadata"]["annotations"] = {**self.annotations, **pod["metadata"]["annotations"]}
+        self.manifest = inject(pod, NAMESPACE, workdir=self.workdir, policy=self.policy)
         notes = self.manifest["metadata"]["annotations"]
         for key, edit in self.edits.items():
             if edit:  # a scenario that runs a deliberately different config (negative control)
                 notes[key] = edit(notes[key])
+        if self.edit_pod:
+            self.edit_pod(self.manifest)
         self.pod = PodRunner(
             self.manifest,
             netns=self.netns,
@@ -154,6 +199,8 @@ class PodEnv:
             workdir=self.workdir,
         )
         self.client = Client(self.netns, POD_IP, LISTEN_PORT)
+        if self.before_start:
+            self.before_start(self)
         self.pod.start()
         for container, seconds in self.sidecar_start_seconds().items():
             record("sidecar time to ready", self.gen.label, f"{container} s", seconds)
@@ -220,7 +267,7 @@ class PodEnv:
         return {
             name: round(state.time_to_start, 3)
             for name, state in self.runner.states.items()
-            if state.time_to_start is not None
+            if state.time_to_start is not None and state.spec.native_sidecar
         }
 
 

@@ -1,22 +1,32 @@
-"""Run an injected pod's sidecars for real: a tiny kubelet, no Kubernetes.
+"""Run an injected pod's containers for real: a tiny kubelet, no Kubernetes.
 
-Owns: reading the pod `cache-injector inject` wrote, and running its `cache-*` containers the
-way a kubelet would, as far as one machine without a container runtime allows:
-- each container's `command`/`args`/`env` as written; the program is found on PATH (a
-  directory of `haproxy`/`varnishd` symlinks comes first, which picks the daemon version);
-  the image is ignored;
+Owns: reading the pod `cache-injector inject` wrote, and running its containers the way a
+kubelet would, as far as one machine without a container runtime allows:
+- the `cache-*` containers, and any other regular container the test gave a `command` (the
+  application: a Python one-liner, curl...); a container without one is not run (there is no
+  image to take an entrypoint from). Each runs its `command`/`args`/`env` as written; the
+  program is found on PATH (a directory of `haproxy`/`varnishd` symlinks comes first, which
+  picks the daemon version);
 - volumes materialised under a world-readable pod directory: downwardAPI files from the pod's
   metadata, emptyDirs shared by the containers (medium Memory: a tmpfs of `sizeLimit`, as the
   kubelet mounts it); each container gets them at its `mountPath` in a private mount
   namespace, with `readOnly`, the kubelet's resolv.conf over /etc/resolv.conf and, for
   `readOnlyRootFilesystem`, the root remounted read-only;
-- the pod's network namespace is the test's; a "pause" process holds the pod's mount
-  namespace (its tmpfs volumes vanish with it);
+- each container has its own PID namespace, as under a container runtime: its main process
+  is PID 1, receives the stop signal alone, and takes every other process of the container
+  with it when it dies. The pod's network namespace is the test's; a "pause" process holds
+  the pod's mount namespace (its tmpfs volumes vanish with it);
 - securityContext: runAsUser/runAsGroup, no_new_privs, every capability dropped (setpriv);
-- native sidecars (init containers with restartPolicy Always) start in order, each after the
-  previous one's startupProbe succeeded; readinessProbes are then run at their period and
-  every transition is recorded; a container that exits is recorded (not restarted).
-Every process is started in its own process group and stopped by that id.
+- start: native sidecars (init containers with restartPolicy Always) in order, each after the
+  previous one's startupProbe succeeded, then the regular containers; readinessProbes run at
+  their period and every transition is recorded;
+- restarts: a native sidecar that exits (and a regular container, per the pod's
+  restartPolicy) is started again with the kubelet's crash back-off, then probed again
+  (startupProbe, readinessProbe);
+- termination (terminate()): the kubelet's, with termination ordering for native sidecars;
+  also when every regular container of a Job-like pod (restartPolicy Never/OnFailure) is done.
+See tests/e2e/README.md ("Kubelet behaviour") for the semantics and their sources.
+Every process is started in its own process group and stopped by its id.
 """
 
 from __future__ import annotations
@@ -41,8 +51,16 @@ import yaml
 from tests.e2e.netns import Netns
 
 BASE_DIR = Path(os.environ.get("CACHE_INJECTOR_E2E_DIR", "/var/tmp/cache-injector-e2e"))
+PID1 = Path(__file__).with_name("pid1.py")  # forks the container's PID 1, reports its exit
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 QUANTITY = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "k": 1000, "M": 1000**2, "G": 1000**3}
+
+# The kubelet's numbers (pkg/kubelet/kubelet.go, kuberuntime_container.go).
+DEFAULT_GRACE_SECONDS = 30  # terminationGracePeriodSeconds when the pod sets none
+MINIMUM_GRACE_SECONDS = 2  # minimumGracePeriodInSeconds: never less to stop a container
+BACKOFF_INITIAL_SECONDS = 10.0  # backOffPeriod
+BACKOFF_MAX_SECONDS = 300.0  # MaxContainerBackOff
+TEARDOWN_GRACE_SECONDS = 10  # close(): the test's own clean-up, not a kubelet behaviour
 
 
 def parse_quantity(text: str) -> int:
@@ -52,19 +70,19 @@ def parse_quantity(text: str) -> int:
     return int(text)
 
 
-def inject(pod: Mapping[str, Any], namespace: str, *, workdir: Path) -> dict[str, Any]:
+def inject(
+    pod: Mapping[str, Any], namespace: str, *, workdir: Path, policy: str | None = None
+) -> dict[str, Any]:
     """The pod as `cache-injector inject` writes it (the CLI, as a user runs it)."""
     source = workdir / "pod.yaml"
     source.write_text(yaml.safe_dump(dict(pod), sort_keys=False))
     cli = Path(sys.executable).with_name("cache-injector")
     argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "webhook.cli"]
-    done = subprocess.run(
-        [*argv, "inject", "-f", str(source), "--namespace", namespace],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    argv += ["inject", "-f", str(source), "--namespace", namespace]
+    if policy is not None:
+        (workdir / "policy.yaml").write_text(policy)
+        argv += ["--policy", str(workdir / "policy.yaml")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"cache-injector inject failed: {done.stderr.strip()}")
     (workdir / "injected.yaml").write_text(done.stdout)
@@ -105,6 +123,23 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class Hook:
+    """A lifecycle handler: the kubelet's `sleep` action, or `exec` in the container."""
+
+    kind: str  # "sleep" or "exec"
+    seconds: int = 0
+    command: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any]) -> Hook:
+        if "sleep" in spec:
+            return cls("sleep", seconds=int(spec["sleep"]["seconds"]))
+        if "exec" in spec:
+            return cls("exec", command=tuple(str(c) for c in spec["exec"]["command"]))
+        raise NotImplementedError(f"lifecycle handler {spec}: only sleep and exec are emulated")
+
+
+@dataclass(frozen=True)
 class Mount:
     volume: str
     path: str
@@ -123,6 +158,7 @@ class Container:
     gid: int | None
     read_only_root: bool
     native_sidecar: bool
+    pre_stop: Hook | None = None
 
 
 def _env(items: list[Mapping[str, Any]], metadata: Mapping[str, Any], pod_ip: str) -> list:
@@ -145,13 +181,16 @@ def _env(items: list[Mapping[str, Any]], metadata: Mapping[str, Any], pod_ip: st
 
 @dataclass
 class PodSpec:
-    """The parts of an injected pod the runner uses: our containers in start order, volumes."""
+    """The parts of an injected pod the runner uses: the containers it runs, in start order
+    (native sidecars, then regular containers), volumes, grace period and restart policy."""
 
     name: str
     namespace: str
     metadata: dict[str, Any]
     containers: list[Container]
     volumes: dict[str, dict[str, Any]]
+    grace: int = DEFAULT_GRACE_SECONDS
+    restart_policy: str = "Always"
 
     @classmethod
     def parse(cls, manifest: Mapping[str, Any], *, pod_ip: str, prefix: str = "cache-") -> PodSpec:
@@ -161,8 +200,9 @@ class PodSpec:
         entries = [(c, True) for c in spec.get("initContainers") or []]
         entries += [(c, False) for c in spec.get("containers") or []]
         for raw, in_init in entries:
-            if not str(raw.get("name", "")).startswith(prefix):
-                continue
+            ours = str(raw.get("name", "")).startswith(prefix)
+            if not ours and (in_init or not raw.get("command")):
+                continue  # nothing to run: the image's entrypoint is not available here
             native = in_init and raw.get("restartPolicy") == "Always"
             if in_init and not native:
                 raise NotImplementedError(f"{raw['name']}: plain init containers not emulated")
@@ -172,6 +212,7 @@ class PodSpec:
                 key: Probe.parse(raw[key], ports) if raw.get(key) else None
                 for key in ("startupProbe", "readinessProbe")
             }
+            pre_stop = (raw.get("lifecycle") or {}).get("preStop")
             containers.append(
                 Container(
                     name=raw["name"],
@@ -187,16 +228,20 @@ class PodSpec:
                     gid=security.get("runAsGroup", security.get("runAsUser")),
                     read_only_root=bool(security.get("readOnlyRootFilesystem")),
                     native_sidecar=native,
+                    pre_stop=Hook.parse(pre_stop) if pre_stop else None,
                 )
             )
         # Native sidecars start first, in order; then the regular containers.
         containers.sort(key=lambda c: not c.native_sidecar)
+        grace = spec.get("terminationGracePeriodSeconds")
         return cls(
             name=str(metadata.get("name", "pod")),
             namespace=str(metadata.get("namespace", "default")),
             metadata=metadata,
             containers=containers,
             volumes={v["name"]: v for v in spec.get("volumes") or []},
+            grace=DEFAULT_GRACE_SECONDS if grace is None else int(grace),
+            restart_policy=str(spec.get("restartPolicy") or "Always"),
         )
 
 
@@ -211,27 +256,111 @@ def field_value(metadata: Mapping[str, Any], field_path: str) -> str:
     raise NotImplementedError(f"fieldRef {field_path}: not emulated")
 
 
-# -- running it -----------------------------------------------------------------------------
+# -- what happened ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Exit:
+    at: float
+    code: int | None  # the runtime's exit status; negative: killed by that signal
+    terminating: bool  # during the pod's termination (not a crash)
+
+
+@dataclass
+class Stop:
+    """One container's part in a kubelet-style termination (times: time.monotonic())."""
+
+    began: float
+    pre_stop: tuple[float, float] | None = None  # the hook ran from .. to
+    sigterm_at: float | None = None
+    grace: int | None = None  # seconds the runtime gave it after SIGTERM
+    exited_at: float | None = None
+    killed: bool = False  # SIGKILL when its grace ran out
+
+    @property
+    def exit_seconds(self) -> float | None:
+        """SIGTERM -> exit."""
+        if self.sigterm_at is None or self.exited_at is None:
+            return None
+        return self.exited_at - self.sigterm_at
+
+
+@dataclass
+class PodTermination:
+    reason: str  # "deleted" or "completed" (every regular container of a Job-like pod done)
+    began: float
+    grace: int
+    finished: float | None = None
+    stops: dict[str, Stop] = field(default_factory=dict)
+
+    def order(self) -> list[str]:
+        """Containers in the order they received SIGTERM."""
+        timed = [(s.sigterm_at, name) for name, s in self.stops.items() if s.sigterm_at]
+        return [name for _, name in sorted(timed)]
+
+    def exit_order(self) -> list[str]:
+        timed = [(s.exited_at, name) for name, s in self.stops.items() if s.exited_at]
+        return [name for _, name in sorted(timed)]
+
+
 @dataclass
 class ContainerState:
     spec: Container
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | None = None  # pid1.py, the parent of the PID 1
+    main_pid: int | None = None  # the container's PID 1, as the host sees it
     log: Path | None = None
     spawned_at: float = 0.0
-    started_at: float | None = None  # startupProbe success
+    started_at: float | None = None  # startupProbe success (this incarnation)
     ready: bool = False
     transitions: list[tuple[float, bool]] = field(default_factory=list)
-    exit_code: int | None = None
+    exit_code: int | None = None  # this incarnation's, once it exited
     exited_at: float | None = None
-    stop_seconds: float | None = None  # SIGTERM -> exit, at teardown
+    exits: list[Exit] = field(default_factory=list)
+    restarts: list[float] = field(default_factory=list)  # when each restart was spawned
+    started: list[tuple[float, float]] = field(default_factory=list)  # (spawned, ready to serve)
+    restart_due: float | None = None  # a restart waits for its back-off until then
+    errors: list[str] = field(default_factory=list)
+    stop_seconds: float | None = None  # SIGTERM -> exit, at close() (the test's teardown)
 
     @property
     def time_to_start(self) -> float | None:
         return None if self.started_at is None else self.started_at - self.spawned_at
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.exit_code is None
 
+
+class Backoff:
+    """The kubelet's crash back-off (client-go flowcontrol.Backoff as kuberuntime uses it):
+    a container's first restart is immediate; each later one waits, from the moment the
+    container exited, 10 s, then 20, 40 ... at most 300 s. The count starts over once the
+    container exits more than 600 s (2 x the maximum) after its last restart."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, float]] = {}  # key -> (back-off, last update)
+
+    def restart_at(self, key: str, finished_at: float) -> float:
+        entry = self._entries.get(key)
+        if entry is None or finished_at - entry[1] > 2 * BACKOFF_MAX_SECONDS:
+            return finished_at
+        return finished_at + entry[0]
+
+    def restarted(self, key: str, finished_at: float, now: float) -> None:
+        entry = self._entries.get(key)
+        if entry is None or finished_at - entry[1] > 2 * BACKOFF_MAX_SECONDS:
+            delay = BACKOFF_INITIAL_SECONDS
+        else:
+            delay = min(entry[0] * 2, BACKOFF_MAX_SECONDS)
+        self._entries[key] = (delay, now)
+
+    def current(self, key: str) -> float:
+        entry = self._entries.get(key)
+        return 0.0 if entry is None else entry[0]
+
+
+# -- running it -----------------------------------------------------------------------------
 class PodRunner:
-    """One pod: start() runs the sidecars; close() stops everything it started."""
+    """One pod: start() runs it; terminate() deletes it as a kubelet does; close() stops
+    everything it started (the test's teardown)."""
 
     def __init__(
         self,
@@ -253,8 +382,15 @@ class PodRunner:
         self.config_maps = dict(config_maps or {})
         self.states = {c.name: ContainerState(c) for c in self.spec.containers}
         self.pause: subprocess.Popen[bytes] | None = None
+        self.backoff = Backoff()
+        self.termination: PodTermination | None = None
+        self.completed_at: float | None = None  # every regular container done (Job-like pod)
+        self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._closing = False
         self._monitor: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._terminated = threading.Event()
         self._probe_pool = netns.executor(2)
         ns = self.spec.namespace
         self.resolv_conf = (
@@ -368,10 +504,22 @@ class PodRunner:
             timeout=10,
         )
 
+    def _privileges(self, container: Container) -> list[str]:
+        privileges = ["setpriv", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
+        if container.uid is not None:
+            privileges += [f"--reuid={container.uid}", f"--regid={container.gid}"]
+            privileges += ["--clear-groups"]
+        return privileges
+
+    def _environment(self, container: Container) -> list[str]:
+        environment = ["env", "-i", f"PATH={self.workdir / 'bin'}:{SYSTEM_PATH}", "HOME=/"]
+        return environment + [f"{key}={value}" for key, value in container.env]
+
     def container_argv(self, container: Container) -> list[str]:
-        """How one container is started: pod namespaces, its own mounts, its user."""
+        """How one container is started: pod namespaces, its own mounts and PID namespace (its
+        program is PID 1), its user."""
         assert self.pause is not None
-        script = ["set -e"]
+        script = ["set -e", "mount -t proc proc /proc"]  # this PID namespace's
         for mount in container.mounts:
             source = shlex.quote(str(self.workdir / "volumes" / mount.volume))
             target = shlex.quote(mount.path)
@@ -383,12 +531,6 @@ class PodRunner:
         if container.read_only_root:
             script.append("mount -o remount,bind,ro /")
         script.append("cd /")
-        privileges = ["setpriv", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
-        if container.uid is not None:
-            privileges += [f"--reuid={container.uid}", f"--regid={container.gid}"]
-            privileges += ["--clear-groups"]
-        environment = ["env", "-i", f"PATH={self.workdir / 'bin'}:{SYSTEM_PATH}", "HOME=/"]
-        environment += [f"{key}={value}" for key, value in container.env]
         script.append('exec "$@"')
         return [
             "nsenter",
@@ -400,15 +542,42 @@ class PodRunner:
             "--mount",
             "--propagation",
             "private",
+            "--pid",
             "--",
+            sys.executable,
+            str(PID1),
             "sh",
             "-c",
             "\n".join(script),
             container.name,
-            *privileges,
-            *environment,
+            *self._privileges(container),
+            *self._environment(container),
             *container.argv,
         ]
+
+    def _exec_argv(self, state: ContainerState, command: tuple[str, ...]) -> list[str]:
+        """An exec handler: the command in the container's namespaces, as its user."""
+        assert state.main_pid is not None
+        return [
+            "nsenter",
+            f"--target={state.main_pid}",
+            "--mount",
+            "--net",
+            "--pid",
+            "--",
+            *self._privileges(state.spec),
+            *self._environment(state.spec),
+            *command,
+        ]
+
+    def _start_container(self, state: ContainerState) -> None:
+        """Spawn one incarnation of a container (not waiting for its probes)."""
+        state.log = self.workdir / "logs" / f"{state.spec.name}.log"
+        state.spawned_at = time.monotonic()
+        state.started_at = None
+        state.exit_code = state.exited_at = None
+        state.process = self._spawn(self.container_argv(state.spec), state.log)
+        state.main_pid = child_pid(state.process.pid)
 
     # -- probes ------------------------------------------------------------------------------
     def _probe_once(self, probe: Probe) -> bool:
@@ -439,6 +608,7 @@ class PodRunner:
         probe = state.spec.startup
         if probe is None:
             state.started_at = time.monotonic()
+            state.started.append((state.spawned_at, state.started_at))
             return
         deadline = state.spawned_at + probe.initial_delay + probe.period * probe.failures
         time.sleep(probe.initial_delay)
@@ -448,6 +618,7 @@ class PodRunner:
                 break
             if self._probe_once(probe):
                 state.started_at = time.monotonic()
+                state.started.append((state.spawned_at, state.started_at))
                 return
             time.sleep(0.05)
         raise RuntimeError(
@@ -457,20 +628,33 @@ class PodRunner:
         )
 
     def _monitor_loop(self) -> None:
-        """Readiness probes at their period (failureThreshold failures: unready; one success:
-        ready), and exits."""
+        """Every 0.1 s: exits (restart or pod completion), due restarts, and readiness probes
+        at their period (failureThreshold failures: unready; one success: ready)."""
         failures = dict.fromkeys(self.states, 0)
         next_probe = dict.fromkeys(self.states, 0.0)
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(0.1):
             now = time.monotonic()
             for name, state in self.states.items():
-                if state.process is None:
-                    continue
-                if state.exit_code is None and state.process.poll() is not None:
-                    state.exit_code, state.exited_at = state.process.returncode, now
-                    self._set_ready(state, False)
+                with self._lock:
+                    if state.running and state.process and state.process.poll() is not None:
+                        self._exited(state, now)
+                    due = state.restart_due
+                    if (
+                        due is not None
+                        and now >= due
+                        and not self._closing
+                        and not (self.termination)
+                    ):
+                        state.restart_due = None
+                        failures[name], next_probe[name] = 0, 0.0
+                        self._background(self._restart, state)
                 probe = state.spec.readiness
-                if probe is None or state.exit_code is not None or now < next_probe[name]:
+                if (
+                    probe is None
+                    or not state.running
+                    or state.started_at is None
+                    or now < next_probe[name]
+                ):
                     continue
                 next_probe[name] = now + probe.period
                 if self._probe_once(probe):
@@ -480,6 +664,63 @@ class PodRunner:
                     failures[name] += 1
                     if failures[name] >= probe.failures:
                         self._set_ready(state, False)
+            self._check_completed(now)
+
+    def _exited(self, state: ContainerState, now: float) -> None:
+        """Record an exit; schedule the restart the kubelet would make (with its back-off)."""
+        assert state.process is not None
+        state.exit_code, state.exited_at = state.process.returncode, now
+        terminating = self.termination is not None or self._closing
+        state.exits.append(Exit(now, state.exit_code, terminating))
+        self._set_ready(state, False)
+        if terminating:
+            return
+        policy = self.spec.restart_policy
+        if (
+            state.spec.native_sidecar
+            or policy == "Always"
+            or (policy == "OnFailure" and state.exit_code != 0)
+        ):
+            state.restart_due = self.backoff.restart_at(state.spec.name, now)
+
+    def _restart(self, state: ContainerState) -> None:
+        with self._lock:
+            if self._closing or self.termination is not None:
+                return
+            finished = state.exited_at or time.monotonic()
+            self.backoff.restarted(state.spec.name, finished, time.monotonic())
+            assert state.log is not None
+            with open(state.log, "a") as log:
+                log.write(f"--- podrunner: restart {len(state.restarts) + 1} ---\n")
+            self._start_container(state)
+            state.restarts.append(state.spawned_at)
+        try:
+            self._wait_started(state)
+        except RuntimeError as err:
+            # The kubelet kills a container whose startupProbe fails, and restarts it.
+            state.errors.append(str(err).splitlines()[0])
+            self._kill(state)
+            return
+        if state.spec.readiness is None:
+            self._set_ready(state, True)
+
+    def _check_completed(self, now: float) -> None:
+        """A pod whose regular containers are all done and will not restart (restartPolicy
+        Never, or OnFailure after success) is stopped as a whole, sidecars included."""
+        regular = [s for s in self.states.values() if not s.spec.native_sidecar]
+        if not regular or self.spec.restart_policy == "Always" or self.completed_at is not None:
+            return
+        with self._lock:
+            if self.termination is not None or self._closing:
+                return
+            if all(not s.running and s.restart_due is None for s in regular):
+                self.completed_at = now
+                self._background(self.terminate, None, "completed")
+
+    def _background(self, function: Any, *args: Any) -> None:
+        thread = threading.Thread(target=function, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     @staticmethod
     def _set_ready(state: ContainerState, ready: bool) -> None:
@@ -487,14 +728,54 @@ class PodRunner:
             state.ready = ready
             state.transitions.append((time.monotonic(), ready))
 
+    # -- signals -------------------------------------------------------------------------------
+    def signal(self, container: str, signum: int) -> None:
+        """Send a signal to a container's main process (its PID 1), as `kill` in it would."""
+        state = self.states[container]
+        if state.running and state.main_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.main_pid, signum)
+
+    def catches(self, container: str, signum: int) -> bool:
+        """Whether the container's PID 1 has a handler for signum (SigCgt): as PID 1 of its
+        namespace, a process without one never sees that signal."""
+        pid = self.states[container].main_pid
+        with contextlib.suppress(OSError, StopIteration, ValueError):
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            caught = int(next(x for x in status if x.startswith("SigCgt:")).split()[1], 16)
+            return bool(caught & (1 << (signum - 1)))
+        return False
+
+    def _kill(self, state: ContainerState) -> None:
+        """SIGKILL: the PID 1 and with it every process of the container."""
+        if state.main_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.main_pid, signal.SIGKILL)
+        if state.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(state.process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                state.process.wait(timeout=5)
+
+    def _stop_container(self, state: ContainerState, grace: float) -> tuple[float, bool]:
+        """The runtime's StopContainer: SIGTERM to PID 1, SIGKILL after `grace` seconds.
+        Returns when it exited and whether it had to be killed."""
+        assert state.process is not None
+        if state.process.poll() is None:
+            self.signal(state.spec.name, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                state.process.wait(timeout=grace)
+        killed = state.process.poll() is None
+        exited = time.monotonic()
+        self._kill(state)
+        return exited, killed
+
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self._prepare()
         self._start_pause()
         for state in self.states.values():
-            state.log = self.workdir / "logs" / f"{state.spec.name}.log"
-            state.spawned_at = time.monotonic()
-            state.process = self._spawn(self.container_argv(state.spec), state.log)
+            self._start_container(state)
             if state.spec.native_sidecar:
                 self._wait_started(state)
         for state in self.states.values():
@@ -504,7 +785,122 @@ class PodRunner:
                 self._set_ready(state, True)
         self._monitor = threading.Thread(target=self._monitor_loop, daemon=True)
         self._monitor.start()
-        self.wait_ready(timeout=30)
+        if self.spec.restart_policy == "Always":
+            self.wait_ready(timeout=30)
+
+    def terminate(self, grace: int | None = None, reason: str = "deleted") -> PodTermination:
+        """Stop the pod as the kubelet does (kuberuntime killContainersWithSyncResult): every
+        running container at once runs its preStop hook (bounded by the grace period), then
+        gets SIGTERM; a native sidecar first waits (within what is left of its grace) until
+        every regular container and every sidecar defined after it has exited; at SIGTERM the
+        runtime gets the grace left, at least 2 s, before SIGKILL. No restarts from then on.
+        Returns when every container is gone; a second call waits for the first."""
+        with self._lock:
+            if self.termination is not None:
+                ongoing = self.termination
+            else:
+                ongoing = None
+                seconds = self.spec.grace if grace is None else grace
+                self.termination = PodTermination(reason, time.monotonic(), seconds)
+                for state in self.states.values():
+                    state.restart_due = None
+        if ongoing is not None:
+            self._terminated.wait(timeout=ongoing.grace + 30)
+            return ongoing
+        termination = self.termination
+        assert termination is not None
+        done = {name: threading.Event() for name in self.states}
+        for name, state in self.states.items():
+            if not state.running:
+                done[name].set()
+        # The termination ordering (kuberuntime_termination_order.go): a sidecar waits for
+        # every regular container, and for the next sidecar in definition order.
+        prereqs: dict[str, list[threading.Event]] = {}
+        regular = [done[n] for n, s in self.states.items() if not s.spec.native_sidecar]
+        later: threading.Event | None = None
+        for name, state in reversed(list(self.states.items())):
+            if state.spec.native_sidecar:
+                prereqs[name] = regular + ([later] if later else [])
+                later = done[name]
+        workers = []
+        for name, state in self.states.items():
+            if not state.running:
+                continue
+            stop = termination.stops[name] = Stop(began=termination.began)
+            worker = threading.Thread(
+                target=self._terminate_container,
+                args=(state, stop, termination.grace, prereqs.get(name, []), done[name]),
+                daemon=True,
+            )
+            workers.append(worker)
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=termination.grace + MINIMUM_GRACE_SECONDS + 30)
+        termination.finished = time.monotonic()
+        self._terminated.set()
+        return termination
+
+    def _terminate_container(
+        self,
+        state: ContainerState,
+        stop: Stop,
+        grace: int,
+        prereqs: list[threading.Event],
+        done: threading.Event,
+    ) -> None:
+        try:
+            hook = state.spec.pre_stop
+            if hook is not None and grace > 0:
+                began = time.monotonic()
+                self._run_hook(state, hook, grace)
+                stop.pre_stop = (began, time.monotonic())
+                grace -= int(stop.pre_stop[1] - began)  # whole seconds, as the kubelet counts
+            if prereqs and grace > 0:
+                began = time.monotonic()
+                for event in prereqs:
+                    if not event.wait(timeout=max(0.0, began + grace - time.monotonic())):
+                        break
+                grace -= int(time.monotonic() - began)
+            stop.grace = max(grace, MINIMUM_GRACE_SECONDS)
+            stop.sigterm_at = time.monotonic()
+            stop.exited_at, stop.killed = self._stop_container(state, stop.grace)
+            with self._lock:
+                if state.exit_code is None and state.process is not None:
+                    state.exit_code, state.exited_at = state.process.returncode, stop.exited_at
+                    state.exits.append(Exit(stop.exited_at, state.exit_code, True))
+                    self._set_ready(state, False)
+        finally:
+            done.set()
+
+    def _run_hook(self, state: ContainerState, hook: Hook, grace: int) -> None:
+        """A preStop handler; the kubelet waits for it at most the grace period."""
+        if hook.kind == "sleep":
+            time.sleep(min(hook.seconds, grace))
+            return
+        process = self._spawn(self._exec_argv(state, hook.command), state.log)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass  # the kubelet stops waiting; the command dies with the container
+        finally:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=5)
+
+    def delete(self, grace: int | None = None) -> float:
+        """Start terminate() in the background (`kubectl delete pod`, optionally with
+        --grace-period); returns when it began. wait_terminated() gives the outcome."""
+        began = time.monotonic()
+        self._background(self.terminate, grace)
+        return began
+
+    def wait_terminated(self, timeout: float) -> PodTermination | None:
+        """The termination (a Job-like pod's completion, or a deletion) once it finished."""
+        if self._terminated.wait(timeout=timeout):
+            return self.termination
+        return None
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -519,11 +915,12 @@ class PodRunner:
         return all(state.ready for state in self.states.values())
 
     def exited(self) -> list[str]:
-        """Containers that stopped on their own, with their exit codes."""
+        """Containers that stopped on their own (not by the pod's termination), with codes."""
         return [
-            f"{s.spec.name} exited with {s.exit_code}"
+            f"{s.spec.name} exited with {e.code}"
             for s in self.states.values()
-            if s.exit_code is not None
+            for e in s.exits
+            if not e.terminating
         ]
 
     def unready_periods(self) -> list[str]:
@@ -538,23 +935,25 @@ class PodRunner:
         for state in self.states.values():
             parts.append(
                 f"{state.spec.name}: ready={state.ready} exit={state.exit_code} "
-                f"start={state.time_to_start}"
+                f"start={state.time_to_start} restarts={len(state.restarts)}"
+                + (f" errors={state.errors}" if state.errors else "")
             )
         return "; ".join(parts)
 
     def identity(self, container: str) -> dict[str, str]:
         """Who the container's main process runs as, read back from /proc: uid, gid,
-        effective capabilities, no_new_privs, and whether its root filesystem is read-only."""
-        process = self.states[container].process
-        assert process is not None
+        effective capabilities, no_new_privs, whether its root filesystem is read-only, and
+        its PID in the container (1)."""
+        pid = self.states[container].main_pid
+        assert pid is not None
         status = dict(
             line.split(":\t", 1)
-            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines()
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
             if ":\t" in line
         )
         root = [
             line.split()
-            for line in Path(f"/proc/{process.pid}/mountinfo").read_text().splitlines()
+            for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
             if line.split()[4] == "/"
         ]
         return {
@@ -563,6 +962,7 @@ class PodRunner:
             "cap_eff": status["CapEff"].strip(),
             "no_new_privs": status["NoNewPrivs"].strip(),
             "root": root[-1][5].split(",")[0] if root else "?",
+            "pid": status["NSpid"].split()[-1],  # as the container sees it
         }
 
     def log(self, container: str) -> str:
@@ -574,21 +974,41 @@ class PodRunner:
         return f"--- {container} log (last {len(text)} lines) ---\n" + "\n".join(text)
 
     def close(self) -> None:
-        """Stop the containers in reverse order (SIGTERM, then SIGKILL after 10 s), then the
-        pause process; the time each took to exit is kept."""
+        """The test's teardown, not a kubelet behaviour: no hooks; the containers still running
+        are stopped in reverse order (SIGTERM to PID 1, SIGKILL after 10 s), then the pause
+        process. The time each took to exit is kept (stop_seconds)."""
+        with self._lock:
+            self._closing = True
         self._stop.set()
         if self._monitor:
-            self._monitor.join(timeout=5)
+            self._monitor.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=1)
         for state in reversed(list(self.states.values())):
             if state.process is None:
                 continue
-            began = time.monotonic()
-            stop_group(state.process, grace=10)
-            if state.exit_code is None:
-                state.stop_seconds = time.monotonic() - began
+            if state.running and state.process.poll() is None:
+                began = time.monotonic()
+                exited, _ = self._stop_container(state, TEARDOWN_GRACE_SECONDS)
+                state.stop_seconds = exited - began
+            self._kill(state)
+        for thread in self._threads:  # a termination or restart still under way
+            thread.join(timeout=TEARDOWN_GRACE_SECONDS + 5)
         if self.pause is not None:
             stop_group(self.pause, grace=2)
         self._probe_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def child_pid(pid: int, timeout: float = 10) -> int:
+    """The PID 1 of a container: the only child of its pid1.py."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if children:
+                return int(children[0])
+        time.sleep(0.005)
+    raise RuntimeError(f"process {pid} started no container process")
 
 
 def stop_group(process: subprocess.Popen[bytes], *, grace: float) -> None:
@@ -598,7 +1018,6 @@ def stop_group(process: subprocess.Popen[bytes], *, grace: float) -> None:
             os.killpg(process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace)
-    # Children left in the group (varnishd's worker, cc) go too.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):

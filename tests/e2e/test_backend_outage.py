@@ -99,3 +99,46 @@ def test_backend_outage_serves_cache_fails_fast_and_recovers(
     assert not seen.exited and not seen.unready, "readiness never depends on the backends\n" + (
         seen.diagnostics
     )
+
+
+# -- 7b: the backends fail slowly --------------------------------------------------------------
+# Every pod still accepts connections but answers 503 after 1 s (a broken release): HAProxy
+# keeps them in rotation and Varnish's probe stays healthy, so an object 11 s past its TTL is
+# beyond the 10 s of grace and fetched. The fetch fails; the second look must find the stale
+# copy - also for requests that waited on that fetch, and after the background refreshes the
+# stale hits start have failed too. Varnish 7.1 cached those errors (a "503, X-Cache: HIT"
+# for ~8 s) until vcl_backend_error made every error object uncacheable.
+SLOW_FAILURE = 1.0
+
+
+def slow_failure(gen_name: str) -> Observed:
+    with PodEnv(generation(gen_name), backends=2, label="slow-failure") as env:
+        paths = [f"/short/slow-{n}" for n in range(2)]
+        for path in paths:
+            assert env.http.get(path).ok
+        sleep(13)  # /short (max-age=2): 11 s past its TTL
+        for backend in env.backends.values():
+            backend.set_failing(SLOW_FAILURE)
+        began = time.monotonic()
+        futures = [env.http.submit(paths[0], timeout=30) for _ in range(4)]  # 3 wait on 1
+        replies = [f.result(timeout=60) for f in futures]
+        for second in range(1, 9):
+            sleep(began + second - time.monotonic())
+            futures = [env.http.submit(path, timeout=30) for path in paths]
+            replies += [f.result(timeout=60) for f in futures]
+        return observe(env, replies, {"began": began})
+
+
+@pytest.mark.parametrize(
+    "gen_name", [pytest.param(g, marks=background(slow_failure, g)) for g in ("newest", "oldest")]
+)
+def test_failing_backends_never_hide_the_stale_copy(
+    gen_name: str, scenarios: Scenarios, request: pytest.FixtureRequest
+) -> None:
+    seen: Observed = scenarios.outcome(request.node)
+    note = recorder("7b slow failure", seen.label)
+    note("stale served / requests", f"{sum(r.ok for r in seen.replies)}/{len(seen.replies)}")
+    note("slowest s", round(max(r.elapsed for r in seen.replies), 2))
+    assert len(seen.replies) == 4 + 8 * 2
+    assert not errors(seen.replies), error_summary(seen.replies, seen.marks["began"])
+    assert {r.pod for r in seen.replies} <= {"app-0", "app-1"}, "the stored copy was served"

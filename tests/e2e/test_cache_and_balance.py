@@ -23,7 +23,8 @@ def test_second_get_is_a_hit_and_the_backend_saw_one_request(gen_name: str) -> N
             seen = sum(backend.requests[path] for backend in env.backends.values())
             assert seen == 1, f"{path}: the backend saw {seen} requests"
         record("1 cache", gen.label, "backend requests for 2 GETs", 1)
-        # The securityContext as run: its uid/gid, no capabilities, no_new_privs, root ro.
+        # The securityContext as run: its uid/gid, no capabilities, no_new_privs, root ro;
+        # the daemon is its container's PID 1.
         for container in env.manifest["spec"]["initContainers"]:
             context = container["securityContext"]
             who = env.runner.identity(container["name"])
@@ -33,6 +34,7 @@ def test_second_get_is_a_hit_and_the_backend_saw_one_request(gen_name: str) -> N
                 "cap_eff": "0000000000000000",
                 "no_new_privs": "1",
                 "root": "ro",
+                "pid": "1",
             }, (container["name"], who)
 
 

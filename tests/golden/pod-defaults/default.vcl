@@ -92,13 +92,16 @@ sub vcl_backend_response {
 }
 
 sub vcl_backend_error {
-    # Never keep an error. When other requests wait on the failed fetch, Varnish stores its
-    # error for 1 s plus 5 s of grace (vbf_stp_error), and that newer object then hides the
-    # stale copy grace should serve: the second look in vcl_deliver finds the error again.
+    # An error object is never cached. Varnish stores the error of a failed fetch for
+    # 1 s + 5 s of grace when requests wait on it (vbf_stp_error), and 7.1 also gives a
+    # background fetch's error a few seconds; as the newest object it wins every lookup, so
+    # a URL whose stale copy grace should serve answered "503, X-Cache: HIT" for seconds in
+    # the first moments of a backend outage (e2e scenario 7). Uncached, waiting requests
+    # fetch in turn instead of sharing the 503, and each one's second look (vcl_deliver)
+    # finds the stale copy. Falls through to the built-in vcl_backend_error (the error page).
     set beresp.ttl = 0s;
     set beresp.grace = 0s;
     set beresp.keep = 0s;
-    # Falls through to the built-in vcl_backend_error: Varnish's error page.
 }
 
 sub vcl_deliver {
