@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(firstword $(wildcard ../shared /work/shared))
 APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl
 
-.PHONY: setup daemons lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath clean
+.PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath clean
 
 setup: $(VENV)/.installed
 
@@ -74,13 +74,17 @@ run: setup
 	else echo "server not built yet"; fi
 
 # Prints numbers, asserts nothing: admission latency/throughput vs the Go reference webhook.
-bench: setup daemons
+bench: setup daemons wrk
 	$(BIN)/python -m bench.admission
 
 # Prints numbers, asserts nothing: the injected pod's data path (start, idle memory, HIT and
 # MISS latency vs a plain varnishd) on both daemon generations; root and wrk needed.
-bench-datapath: setup daemons
+bench-datapath: setup daemons wrk
 	$(BIN)/python -m bench.datapath
+
+# The load generator of both benchmarks (Debian's wrk, built with TLS).
+wrk:
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
