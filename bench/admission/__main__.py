@@ -34,9 +34,10 @@ from typing import Any
 
 import yaml
 
+from bench.common import process_tree, write_results
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-RESULTS = ROOT / "bench" / "results"
 TOOLS = Path(os.environ.get("BENCH_TOOLS", Path.home() / ".cache" / "cache-injector-bench"))
 SHARED = next((p for p in (ROOT.parent / "shared", Path("/work/shared")) if p.is_dir()), None)
 BIN = Path(sys.executable).parent
@@ -151,7 +152,7 @@ class Server:
     def rss_mib(self) -> float:
         """Resident memory of the server and all its descendants (uvicorn workers)."""
         assert self.process is not None
-        return sum(_rss_kib(pid) for pid in _tree(self.process.pid)) / 1024
+        return sum(_rss_kib(pid) for pid in process_tree(self.process.pid)) / 1024
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -161,17 +162,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
-
-
-def _tree(pid: int) -> list[int]:
-    pids, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        pids.append(current)
-        with contextlib.suppress(OSError):
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-            queue += [int(child) for child in children]
-    return pids
 
 
 def _rss_kib(pid: int) -> int:
@@ -320,22 +310,9 @@ def main() -> None:
                             figures.append(figure)
                             print(f"round {round_number + 1}: {figure}", file=sys.stderr)
         print(table(figures))
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        out = RESULTS / f"admission-{stamp}.json"
-        out.write_text(
-            json.dumps(
-                {
-                    "date": stamp,
-                    "cpus": os.cpu_count(),
-                    "duration": args.duration,
-                    "figures": [asdict(f) for f in figures],
-                },
-                indent=2,
-            )
-            + "\n"
+        write_results(
+            "admission", {"duration": args.duration, "figures": [asdict(f) for f in figures]}
         )
-        print(f"wrote {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

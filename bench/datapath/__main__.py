@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.common import process_tree, write_results
 from tests.e2e.clusterdns import PodRecord
 from tests.e2e.conftest import host_problem, sweep_stale_runs
 from tests.e2e.harness import (
@@ -57,9 +58,7 @@ from tests.e2e.harness import (
 )
 from tests.e2e.podrunner import ContainerState, remove_mount_points
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-RESULTS = ROOT / "bench" / "results"
 BACKEND_IP = "127.0.1.1"
 HIT_PATH = "/static/hit"
 MISS_PATH = "/nocache/miss"
@@ -193,17 +192,6 @@ def load(env: PodEnv, variant: str, what: str, url: str, connections: int, secon
 
 
 # -- memory -----------------------------------------------------------------------------------
-def _tree(pid: int) -> list[int]:
-    pids, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        pids.append(current)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                queue += [int(c) for c in (task / "children").read_text().split()]
-    return sorted(set(pids))
-
-
 def container_memory(state: ContainerState) -> dict[str, float]:
     """MiB: VmRSS of every process of the container, its anon/file/shmem parts, and Pss (a
     page shared by N processes counted 1/N: the sum of VmRSS counts the libraries the
@@ -211,7 +199,7 @@ def container_memory(state: ContainerState) -> dict[str, float]:
     assert state.main_pid is not None
     total: dict[str, float] = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0, "RssShmem": 0, "Pss": 0}
     processes = 0
-    for pid in _tree(state.main_pid):
+    for pid in process_tree(state.main_pid):
         with contextlib.suppress(OSError):
             lines = Path(f"/proc/{pid}/status").read_text().splitlines()
             lines += Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
@@ -485,23 +473,14 @@ def main() -> None:
         f"after {os.getloadavg()[0]:.2f}; wrk -t1, {args.duration} s per run"
     )
     print(table(runs))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out = RESULTS / f"datapath-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "date": stamp,
-                "cpus": os.cpu_count(),
-                "load_average_before": load_before,
-                "duration": args.duration,
-                "runs": [asdict(r) for r in runs],
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        "datapath",
+        {
+            "load_average_before": load_before,
+            "duration": args.duration,
+            "runs": [asdict(r) for r in runs],
+        },
     )
-    print(f"wrote {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+"""What both benchmarks share: a process tree's PIDs and the results file they write."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (every thread's children), from /proc."""
+    pids, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        pids.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                queue += [int(child) for child in (task / "children").read_text().split()]
+    return sorted(set(pids))
+
+
+def write_results(kind: str, data: dict[str, Any]) -> Path:
+    """bench/results/<kind>-<UTC stamp>.json, with the date and the machine's CPU count."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = RESULTS / f"{kind}-{stamp}.json"
+    record = {"date": stamp, "cpus": os.cpu_count(), **data}
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+    return out
