@@ -1,10 +1,13 @@
-"""What both benchmarks share: a process tree's PIDs and the results file they write."""
+"""What both benchmarks share: a process tree's PIDs, stopping a process group, and the
+results file they write."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,19 @@ def process_tree(pid: int) -> list[int]:
             for task in Path(f"/proc/{current}/task").iterdir():
                 queue += [int(child) for child in (task / "children").read_text().split()]
     return sorted(set(pids))
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process started with start_new_session=True, and all it started: SIGTERM to
+    its process group, SIGKILL after 10 s."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
 
 
 def write_results(kind: str, data: dict[str, Any]) -> Path:

@@ -19,7 +19,6 @@ import copy
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -34,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import process_tree, write_results
+from bench.common import process_tree, stop_group, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -155,13 +154,8 @@ class Server:
         return sum(_rss_kib(pid) for pid in process_tree(self.process.pid)) / 1024
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        if self.process:
+            stop_group(self.process)
 
 
 def _rss_kib(pid: int) -> int:

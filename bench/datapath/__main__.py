@@ -34,7 +34,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import process_tree, write_results
+from bench.common import process_tree, stop_group, write_results
 from tests.e2e.clusterdns import PodRecord
 from tests.e2e.conftest import host_problem, sweep_stale_runs
 from tests.e2e.harness import (
@@ -92,13 +91,8 @@ class SynthBackend:
         raise SystemExit("the backend varnishd did not answer in 30 s")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        if self.process:
+            stop_group(self.process)
 
 
 def get(env: PodEnv, host: str, port: int, path: str) -> tuple[int, str]:
