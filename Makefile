@@ -36,7 +36,7 @@ lint: setup
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
-	$(BIN)/python -m webhook.chartschema --check
+	$(BIN)/python -m webhook.tools.chartschema --check
 	$(BIN)/python -m tests.chart.lint
 
 test: setup daemons lint
@@ -57,12 +57,12 @@ golden: setup daemons
 
 # The chart's values.schema.json embeds the policy schema: regenerate it with the docs.
 docs: setup
-	$(BIN)/python -m webhook.docs
-	$(BIN)/python -m webhook.chartschema
+	$(BIN)/python -m webhook.tools.docs
+	$(BIN)/python -m webhook.tools.chartschema
 
 # values.schema.json: the policy part and every description, from the code and values.yaml.
 chart-schema: setup
-	$(BIN)/python -m webhook.chartschema
+	$(BIN)/python -m webhook.tools.chartschema
 
 certs: setup
 	@[ -f certs/tls.crt ] || $(BIN)/cache-injector certs generate --service cache-injector --namespace cache-injector --out certs --host 127.0.0.1 --host localhost

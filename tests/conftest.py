@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from tests.daemons import available
-from webhook.policy import Policy, build_policy, default_policy
-from webhook.render import Templates, load_templates
+from webhook.engine.policy import Policy, build_policy, default_policy
+from webhook.engine.render import Templates, load_templates
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "corpus"

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from tests.conftest import CORPUS, ROOT
-from webhook import names
-from webhook.workloads import POD_TEMPLATE_PATHS, find_workloads, split_documents
+from webhook.engine import names
+from webhook.engine.workloads import POD_TEMPLATE_PATHS, find_workloads, split_documents
 
 KUBERNETES_VERSION = "1.37.0"
 POLICY = "defaults:\n  backend: app:8080\n"

@@ -20,12 +20,12 @@ import pytest
 
 from tests import daemons
 from tests.conftest import CORPUS, make_pod, policy_from
-from webhook import names
-from webhook.builder import varnish_args
-from webhook.inject import inject_pod
-from webhook.policy import Policy, default_policy
-from webhook.render import load_templates
-from webhook.workloads import find_workloads, split_documents
+from webhook.engine import names
+from webhook.engine.builder import varnish_args
+from webhook.engine.inject import inject_pod
+from webhook.engine.policy import Policy, default_policy
+from webhook.engine.render import load_templates
+from webhook.engine.workloads import find_workloads, split_documents
 
 P = "cache-injector.io/"
 

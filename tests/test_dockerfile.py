@@ -82,9 +82,9 @@ def test_build_context_holds_what_the_wheel_needs() -> None:
         assert (ROOT / source).exists(), source
         assert in_context(source), f"{source} is excluded by .dockerignore"
     for path in (
-        "webhook/policy.py",
+        "webhook/engine/policy.py",
         "sidecar-configs/default.vcl.j2",
-        "webhook/default-policy.yaml",
+        "webhook/engine/default-policy.yaml",
     ):
         assert in_context(path), path
 

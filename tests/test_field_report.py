@@ -10,9 +10,9 @@ import re
 import pytest
 
 from tests.conftest import make_pod, policy_from
-from webhook.inject import inject_pod
-from webhook.policy import Policy
-from webhook.render import Templates
+from webhook.engine.inject import inject_pod
+from webhook.engine.policy import Policy
+from webhook.engine.render import Templates
 
 P = "cache-injector.io/"
 

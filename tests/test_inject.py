@@ -9,10 +9,10 @@ import jsonpatch
 import pytest
 
 from tests.conftest import make_pod, policy_from
-from webhook.errors import ImageOverrideNotAllowed, InvalidOptions, PortClash
-from webhook.inject import Outcome, inject_pod
-from webhook.policy import Policy
-from webhook.render import Templates
+from webhook.engine.errors import ImageOverrideNotAllowed, InvalidOptions, PortClash
+from webhook.engine.inject import Outcome, inject_pod
+from webhook.engine.policy import Policy
+from webhook.engine.render import Templates
 
 P = "cache-injector.io/"
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import policy_from
-from webhook.errors import (
+from webhook.engine.errors import (
     BackendNamespaceNotAllowed,
     InvalidOptions,
     LimitExceeded,
 )
-from webhook.options import resolve_options, unknown_annotation_warnings
-from webhook.policy import Policy
-from webhook.values import MIB, Backend, parse_backend
+from webhook.engine.options import resolve_options, unknown_annotation_warnings
+from webhook.engine.policy import Policy
+from webhook.engine.values import MIB, Backend, parse_backend
 
 P = "cache-injector.io/"
 

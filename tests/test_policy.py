@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from webhook.errors import InvalidPolicy
-from webhook.policy import build_policy, default_policy, load_policy_text, policy_json_schema
+from webhook.engine.errors import InvalidPolicy
+from webhook.engine.policy import build_policy, default_policy, load_policy_text, policy_json_schema
 
 EXAMPLES = sorted((ROOT / "docs" / "examples").glob("policy-*.yaml"))
 

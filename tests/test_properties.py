@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import make_pod
-from webhook import names
-from webhook.errors import CacheInjectorError
-from webhook.inject import inject_pod
-from webhook.patch import escape
-from webhook.policy import default_policy
-from webhook.render import load_templates
+from webhook.engine import names
+from webhook.engine.errors import CacheInjectorError
+from webhook.engine.inject import inject_pod
+from webhook.engine.patch import escape
+from webhook.engine.policy import default_policy
+from webhook.engine.render import load_templates
 
 POLICY = default_policy()
 TEMPLATES = load_templates()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import make_pod, policy_from
-from webhook.policy import Policy
-from webhook.selection import REASONS, select_pod
+from webhook.engine.policy import Policy
+from webhook.engine.selection import REASONS, select_pod
 
 ENABLED = {"cache-injector.io/inject": "enabled"}
 DISABLED = {"cache-injector.io/inject": "disabled"}

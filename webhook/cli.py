@@ -18,13 +18,14 @@ from typing import Any, NoReturn
 import click
 import jsonpatch
 
-from . import __version__, names
-from .errors import CacheInjectorError, InvalidOptions, InvalidPolicy
-from .inject import Outcome, inject_pod
-from .policy import Policy, default_policy, load_policy_text
-from .render import Templates, load_templates
-from .selection import decide
-from .workloads import Document, Workload, dump_document, find_workloads, split_documents
+from . import __version__
+from .engine import names
+from .engine.errors import CacheInjectorError, InvalidOptions, InvalidPolicy
+from .engine.inject import Outcome, inject_pod
+from .engine.policy import Policy, default_policy, load_policy_text
+from .engine.render import Templates, load_templates
+from .engine.selection import decide
+from .engine.workloads import Document, Workload, dump_document, find_workloads, split_documents
 
 
 def fail(message: str) -> NoReturn:
@@ -360,8 +361,8 @@ def serve(
     """Serve the admission webhook over HTTPS (TLS 1.2+): POST /mutate, GET /healthz,
     /readyz, /metrics. Certificate and policy files are re-read when they change."""
     # Imported here: uvicorn, FastAPI and prometheus would add ~0.25 s to every `inject`.
-    from . import runner  # noqa: PLC0415
-    from .server import Settings  # noqa: PLC0415
+    from .serve import runner  # noqa: PLC0415
+    from .serve.server import Settings  # noqa: PLC0415
 
     settings = Settings(
         tls_cert=Path(tls_cert),
@@ -419,8 +420,8 @@ def certs_generate(
     """Write a CA and a serving certificate whose SANs are the Service's in-cluster names
     (NAME, NAME.NS, NAME.NS.svc, NAME.NS.svc.cluster.local) plus every --host. A CA already
     in --out signs the new certificate, so rotating keeps clients' caBundle valid."""
-    from . import certs as tls  # noqa: PLC0415 (cryptography only where it is needed)
-    from .values import DNS_LABEL  # noqa: PLC0415
+    from .engine.values import DNS_LABEL  # noqa: PLC0415
+    from .serve import certs as tls  # noqa: PLC0415 (cryptography only where it is needed)
 
     for option, value in (("--service", service), ("--namespace", namespace)):
         if not DNS_LABEL.match(value):

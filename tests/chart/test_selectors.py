@@ -17,8 +17,8 @@ import cel
 import pytest
 
 from tests.chart.chart import NAMESPACE, SYSTEM_NAMESPACES, render
-from webhook.policy import Policy, load_policy_text
-from webhook.selection import select_pod
+from webhook.engine.policy import Policy, load_policy_text
+from webhook.engine.selection import select_pod
 
 LABEL = "cache-injector.io/inject"
 NAMESPACE_ENTRY = "namespace-label.cache-injector.io"

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from tests.chart.chart import CHART, ROOT, render
-from webhook import chartschema
-from webhook.policy import policy_json_schema
+from webhook.engine.policy import policy_json_schema
+from webhook.tools import chartschema
 
 SCHEMA_PATH = CHART / "values.schema.json"
 VALUES_PATH = CHART / "values.yaml"
@@ -296,7 +296,7 @@ def test_every_value_is_documented_in_both() -> None:
 def test_policy_defaults_match_the_embedded_default_policy() -> None:
     """values.yaml's policy is the embedded default policy (plus empty lists), so a default
     install behaves as `make run`."""
-    embedded = yaml.safe_load((ROOT / "webhook" / "default-policy.yaml").read_text())
+    embedded = yaml.safe_load((ROOT / "webhook" / "engine" / "default-policy.yaml").read_text())
     assert defaults()["policy"] == {**embedded, "excludeNamespaces": [], "namespaces": {}}
 
 

@@ -23,9 +23,9 @@ from click.testing import CliRunner
 
 from webhook import __version__
 from webhook.cli import evaluate, main, parse_labels
-from webhook.policy import default_policy, load_policy_text
-from webhook.render import load_templates
-from webhook.workloads import split_documents
+from webhook.engine.policy import default_policy, load_policy_text
+from webhook.engine.render import load_templates
+from webhook.engine.workloads import split_documents
 
 HERE = Path(__file__).parent
 CASES = sorted(p for p in HERE.iterdir() if (p / "input.yaml").is_file())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from webhook import certs
+from webhook.serve import certs
 
 from .support import NAMESPACE, SERVICE, Client, Server, start_server
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webhook.workloads import find_workloads, split_documents
+from webhook.engine.workloads import find_workloads, split_documents
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 

@@ -12,8 +12,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from webhook import certs
-from webhook.errors import InvalidCertificate
+from webhook.engine.errors import InvalidCertificate
+from webhook.serve import certs
 
 from .support import CLI
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from webhook import server as server_module
-from webhook.errors import ImageOverrideNotAllowed
-from webhook.server import Runtime, Settings
+from webhook.engine.errors import ImageOverrideNotAllowed
+from webhook.serve import server as server_module
+from webhook.serve.server import Runtime, Settings
 
 from .conftest import Pki
 from .reviews import make_pod, pod_review

@@ -18,7 +18,7 @@ import jsonpatch
 import pytest
 from cryptography import x509
 
-from webhook import certs
+from webhook.serve import certs
 
 from .conftest import Pki
 from .reviews import decoded_patch, make_pod, pod_review

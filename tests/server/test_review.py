@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from webhook.errors import (
+from webhook.engine.errors import (
     BackendNamespaceNotAllowed,
     CacheInjectorError,
     ImageOverrideNotAllowed,
@@ -18,8 +18,9 @@ from webhook.errors import (
     MalformedReview,
     PortClash,
 )
-from webhook.inject import Outcome
-from webhook.review import (
+from webhook.engine.inject import Outcome
+from webhook.engine.selection import decide
+from webhook.serve.review import (
     check_pod,
     decode_review,
     denial_code,
@@ -28,7 +29,6 @@ from webhook.review import (
     response_for,
     result_of,
 )
-from webhook.selection import decide
 
 from .reviews import make_pod, pod_review
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from webhook.watch import Watch, signature
+from webhook.serve.watch import Watch, signature
 
 from .volume import AtomicVolume
 

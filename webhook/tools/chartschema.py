@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .policy import policy_json_schema
+from ..engine.policy import policy_json_schema
 
 CHART = Path("charts") / "cache-injector"
 SCHEMA_FILE = CHART / "values.schema.json"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import jinja2
 
-from . import __version__, names
+from .. import __version__
+from . import names
 from .options import Options
 
 TEMPLATE_VCL = "default.vcl.j2"
@@ -24,10 +25,10 @@ TEMPLATE_HAPROXY = "haproxy.cfg.j2"
 
 def templates_dir() -> Path:
     """sidecar-configs/ inside the installed wheel, else the source tree's."""
-    packaged = Path(str(resources.files(__package__))) / "sidecar-configs"
+    packaged = Path(str(resources.files("webhook"))) / "sidecar-configs"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "sidecar-configs"
+    return Path(__file__).resolve().parents[2] / "sidecar-configs"
 
 
 @dataclass(frozen=True)

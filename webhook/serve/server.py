@@ -28,12 +28,13 @@ import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from ..engine.errors import CacheInjectorError, InvalidCertificate, InvalidPolicy, MalformedReview
+from ..engine.inject import Outcome, inject_pod
+from ..engine.policy import Policy, default_policy, load_policy_text
+from ..engine.render import Templates, load_templates
+from ..engine.selection import decide
 from . import logs, metrics
 from .certs import ServingCertificate
-from .errors import CacheInjectorError, InvalidCertificate, InvalidPolicy, MalformedReview
-from .inject import Outcome, inject_pod
-from .policy import Policy, default_policy, load_policy_text
-from .render import Templates, load_templates
 from .review import (
     Result,
     ReviewRequest,
@@ -45,7 +46,6 @@ from .review import (
     response_for,
     result_of,
 )
-from .selection import decide
 from .watch import Watch, signatures, watch_forever
 
 MAX_BODY_BYTES = 8 * 1024 * 1024

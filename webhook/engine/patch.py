@@ -12,7 +12,8 @@ from typing import Any
 
 import orjson
 
-from . import __version__, names
+from .. import __version__
+from . import names
 
 Op = dict[str, Any]
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .errors import (
+from ..engine.errors import (
     BackendNamespaceNotAllowed,
     CacheInjectorError,
     ImageOverrideNotAllowed,
@@ -25,9 +25,9 @@ from .errors import (
     LimitExceeded,
     MalformedReview,
 )
-from .inject import Outcome
-from .selection import Decision, decide
-from .values import DNS_LABEL
+from ..engine.inject import Outcome
+from ..engine.selection import Decision, decide
+from ..engine.values import DNS_LABEL
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"

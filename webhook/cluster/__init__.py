@@ -1,0 +1,2 @@
+"""Commands that talk to a Kubernetes API server with the `kubernetes` client (the webhook
+itself never does). Imports the engine, never the server."""
