@@ -4,10 +4,13 @@
 
 Loads each server with wrk (a Lua script posts the review) at concurrency 1 and 8, for a
 realistic review (a ~3 KB pod that gets injected) and a no-op review (a pod labelled
-disabled), and prints p50/p90/p99/max latency, requests/s and the servers' RSS, with our
-figures as ratios to the Go reference (../shared/reference/goinject, built with the Go
-toolchain from PyPI). Results are also written as JSON under bench/results/. It prints
-numbers and asserts nothing. Loopback only; every process it starts is stopped by PID.
+disabled). Every round runs every server, so each round's ratios to the Go reference
+(../shared/reference/goinject, built with the Go toolchain from PyPI) compare figures taken
+minutes apart on the same machine. Prints, per review kind, the medians over the rounds of
+p50, p99 and requests/s, the median of the rounds' ratios to Go, the answer's size, the bytes
+the patch adds to the pod (compact JSON) and the RSS per worker process; every figure goes to
+a JSON file under bench/results/. It prints numbers and asserts nothing. Loopback only; every
+process it starts is stopped by PID.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import shutil
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import yaml
 
 from bench.common import process_tree, stop_group, write_results
@@ -148,10 +153,14 @@ class Server:
             time.sleep(0.2)
         raise SystemExit(f"{self.name} did not become ready in 30 s")
 
-    def rss_mib(self) -> float:
-        """Resident memory of the server and all its descendants (uvicorn workers)."""
+    def rss_mib(self) -> tuple[float, float]:
+        """Resident memory of the server and all its descendants (uvicorn workers), and of
+        one worker: the largest process that answers requests (not the supervisor)."""
         assert self.process is not None
-        return sum(_rss_kib(pid) for pid in process_tree(self.process.pid)) / 1024
+        pids = process_tree(self.process.pid)
+        workers = [pid for pid in pids if pid != self.process.pid] or [self.process.pid]
+        total = sum(_rss_kib(pid) for pid in pids) / 1024
+        return total, max(_rss_kib(pid) for pid in workers) / 1024
 
     def stop(self) -> None:
         if self.process:
@@ -166,19 +175,35 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def check_answer(server: Server, body: Path, context: ssl.SSLContext, expect_patch: bool) -> None:
-    """Before timing anything: the server gives the answer we mean to measure."""
+@dataclass(frozen=True)
+class Sizes:
+    """What one answer weighs: the HTTP body, and what its patch adds to the pod object."""
+
+    response_bytes: int
+    pod_bytes_added: int
+
+
+def compact(data: Any) -> int:
+    return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def check_answer(server: Server, body: Path, context: ssl.SSLContext, expect_patch: bool) -> Sizes:
+    """Before timing anything: the server gives the answer we mean to measure; its sizes."""
     request = urllib.request.Request(
         f"https://{HOST}:{server.port}/mutate", data=body.read_bytes(),
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
-    answer = json.loads(urllib.request.urlopen(request, context=context, timeout=10).read())
-    response = answer["response"]
+    raw = urllib.request.urlopen(request, context=context, timeout=10).read()
+    response = json.loads(raw)["response"]
     assert response["allowed"] is True, (server.name, response)
     has_patch = bool(response.get("patch"))
     assert has_patch == expect_patch, (server.name, body.name, response)
+    added = 0
     if has_patch:
-        json.loads(base64.b64decode(response["patch"]))
+        pod = json.loads(body.read_bytes())["request"]["object"]
+        patch = json.loads(base64.b64decode(response["patch"]))
+        added = compact(jsonpatch.apply_patch(pod, patch)) - compact(pod)
+    return Sizes(len(raw), added)
 
 
 @dataclass
@@ -193,6 +218,10 @@ class Figure:
     max_ms: float
     errors: int
     rss_mib: float
+    rss_worker_mib: float
+    round: int = 0
+    response_bytes: int = 0
+    pod_bytes_added: int = 0
 
 
 def load(server: Server, body: Path, connections: int, duration: int) -> Figure:
@@ -207,6 +236,7 @@ def load(server: Server, body: Path, connections: int, duration: int) -> Figure:
     )  # fmt: skip
     line = next(line for line in result.stdout.splitlines() if line.startswith("{"))
     data = json.loads(line)
+    rss = server.rss_mib()
     seconds = data["duration_us"] / 1e6
     return Figure(
         server=server.name,
@@ -218,7 +248,8 @@ def load(server: Server, body: Path, connections: int, duration: int) -> Figure:
         p99_ms=data["p99_us"] / 1000,
         max_ms=data["max_us"] / 1000,
         errors=data["socket_errors"] + data["non_2xx"],
-        rss_mib=round(server.rss_mib(), 1),
+        rss_mib=round(rss[0], 1),
+        rss_worker_mib=round(rss[1], 1),
     )
 
 
@@ -231,24 +262,72 @@ def running(server: Server, context: ssl.SSLContext) -> Iterator[Server]:
         server.stop()
 
 
-def table(figures: list[Figure]) -> str:
-    reference = {(f.review, f.connections): f for f in figures if f.server == "go-reference"}
-    lines = [
-        f"{'review':7} {'c':>2} {'server':18} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
-        f"{'max ms':>7} {'req/s':>8} {'RSS MiB':>8}  {'p50 x':>6} {'p99 x':>6} {'rps x':>6} err"
-    ]
-    for f in figures:
-        ref = reference.get((f.review, f.connections))
-        ratios = ("", "", "")
-        if ref and f.server != ref.server:
-            ratios = (f"{f.p50_ms / ref.p50_ms:.2f}", f"{f.p99_ms / ref.p99_ms:.2f}",
-                      f"{f.requests_per_second / ref.requests_per_second:.2f}")  # fmt: skip
-        lines.append(
-            f"{f.review:7} {f.connections:>2} {f.server:18} {f.p50_ms:7.2f} {f.p90_ms:7.2f} "
-            f"{f.p99_ms:7.2f} {f.max_ms:7.2f} {f.requests_per_second:8.0f} {f.rss_mib:8.1f}  "
-            f"{ratios[0]:>6} {ratios[1]:>6} {ratios[2]:>6} {f.errors}"
-        )
-    return "\n".join(lines)
+GO = "go-reference"
+
+
+def _ratio(figures: list[Figure], mine: Figure, attribute: str) -> float | None:
+    """mine / Go's figure of the same round, review and concurrency."""
+    for go in figures:
+        if (go.server, go.review, go.connections, go.round) == (
+            GO, mine.review, mine.connections, mine.round,
+        ):  # fmt: skip
+            return float(getattr(mine, attribute)) / float(getattr(go, attribute))
+    return None
+
+
+def summary(figures: list[Figure]) -> list[dict[str, Any]]:
+    """One row per (review, concurrency, server): medians over the rounds, and the median
+    of the per-round ratios to Go (each ratio from figures taken in the same round)."""
+    rows: list[dict[str, Any]] = []
+    keys = sorted({(f.review, f.connections, f.server) for f in figures},
+                  key=lambda k: (k[0], k[1], k[2] != GO, k[2]))  # fmt: skip
+    for review_name, connections, server in keys:
+        runs = [f for f in figures if (f.review, f.connections, f.server) ==
+                (review_name, connections, server)]  # fmt: skip
+        row: dict[str, Any] = {
+            "review": review_name, "connections": connections, "server": server,
+            "rounds": len(runs),
+            "p50_ms": statistics.median(f.p50_ms for f in runs),
+            "p99_ms": statistics.median(f.p99_ms for f in runs),
+            "requests_per_second": statistics.median(f.requests_per_second for f in runs),
+            "response_bytes": runs[0].response_bytes,
+            "pod_bytes_added": runs[0].pod_bytes_added,
+            "rss_worker_mib": statistics.median(f.rss_worker_mib for f in runs),
+            "errors": sum(f.errors for f in runs),
+        }  # fmt: skip
+        for name, attribute in (("p50_x", "p50_ms"), ("p99_x", "p99_ms"),
+                                ("rps_x", "requests_per_second")):  # fmt: skip
+            ratios = [r for f in runs if (r := _ratio(figures, f, attribute)) is not None]
+            row[name] = statistics.median(ratios) if server != GO and ratios else None
+            row[name + "_rounds"] = [round(r, 2) for r in ratios] if server != GO else []
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Per review kind: medians over the rounds, ratios to Go (median; each round's)."""
+    out: list[str] = []
+    for review_name in sorted({row["review"] for row in rows}):
+        out += [
+            f"review: {review_name}",
+            f"{'c':>2} {'server':18} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7}  {'p50 x':>5} "
+            f"{'p99 x':>5} {'rps x':>5}  {'resp B':>6} {'pod +B':>6} {'RSS/wkr':>7} err  "
+            "rounds (p50 x / rps x)",
+        ]
+        for row in (r for r in rows if r["review"] == review_name):
+            ratios = [f"{row[k]:.2f}" if row[k] is not None else "" for k in
+                      ("p50_x", "p99_x", "rps_x")]  # fmt: skip
+            pairs = zip(row["p50_x_rounds"], row["rps_x_rounds"], strict=True)
+            rounds = " ".join(f"{a:.2f}/{b:.2f}" for a, b in pairs)
+            out.append(
+                f"{row['connections']:>2} {row['server']:18} {row['p50_ms']:7.3f} "
+                f"{row['p99_ms']:7.3f} {row['requests_per_second']:7.0f}  {ratios[0]:>5} "
+                f"{ratios[1]:>5} {ratios[2]:>5}  {row['response_bytes']:>6} "
+                f"{row['pod_bytes_added']:>6} {row['rss_worker_mib']:7.1f} {row['errors']:>3}  "
+                f"{rounds}"
+            )
+        out.append("")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -256,7 +335,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8, help="seconds per run")
     parser.add_argument("--workers", default="1,2", help="our server's worker counts to run")
     parser.add_argument("--connections", default="1,8")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat everything (noise)")
+    parser.add_argument("--rounds", type=int, default=2, help="repeat everything (noise)")
+    parser.add_argument("--note", default="", help="what was measured, kept in the results file")
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     connections = [int(c) for c in args.connections.split(",")]
@@ -292,21 +372,30 @@ def main() -> None:
                 port, "/readyz",
             ))  # fmt: skip
         figures: list[Figure] = []
-        for round_number in range(args.rounds):
+        for round_number in range(1, args.rounds + 1):
             for server in servers:
                 with running(server, context):
-                    check_answer(server, paths["inject"], context, expect_patch=True)
-                    check_answer(server, paths["noop"], context, expect_patch=False)
+                    sizes = {
+                        "inject": check_answer(server, paths["inject"], context, True),
+                        "noop": check_answer(server, paths["noop"], context, False),
+                    }
                     load(server, paths["inject"], 8, 2)  # warm-up, not counted
                     for name in ("inject", "noop"):
                         for count in connections:
                             figure = load(server, paths[name], count, args.duration)
+                            figure.round = round_number
+                            figure.response_bytes = sizes[name].response_bytes
+                            figure.pod_bytes_added = sizes[name].pod_bytes_added
                             figures.append(figure)
-                            print(f"round {round_number + 1}: {figure}", file=sys.stderr)
-        print(table(figures))
+                            print(f"round {round_number}: {figure}", file=sys.stderr)
+        rows = summary(figures)
+        print(f"medians of {args.rounds} round(s), {args.duration} s per run; ratios: ours / Go")
+        print(table(rows))
         write_results(
-            "admission", {"duration": args.duration, "figures": [asdict(f) for f in figures]}
-        )
+            "admission",
+            {"note": args.note, "duration": args.duration, "rounds": args.rounds, "summary": rows,
+             "figures": [asdict(f) for f in figures]},
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,16 +11,18 @@ import pytest
 from prometheus_client import REGISTRY
 
 from webhook.engine.errors import ImageOverrideNotAllowed
-from webhook.serve import server as server_module
-from webhook.serve.server import Runtime, Settings
+from webhook.engine.policy import default_policy
+from webhook.engine.render import load_templates
+from webhook.serve import admission as admission_module
+from webhook.serve.admission import Admission
+from webhook.serve.server import account
 
-from .conftest import Pki
 from .reviews import make_pod, pod_review
 
 
 @pytest.fixture
-def runtime(pki: Pki) -> Runtime:
-    return Runtime(Settings(tls_cert=pki.cert, tls_key=pki.key))
+def admission() -> Admission:
+    return Admission(default_policy(), load_templates())
 
 
 def internal_errors() -> float:
@@ -34,18 +36,19 @@ def body() -> tuple[bytes, str]:
 
 
 def test_engine_bug_lets_the_pod_through_with_a_warning(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    admission: Admission, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken(*_: Any, **__: Any) -> None:
         raise KeyError("a bug")
 
-    monkeypatch.setattr(server_module, "inject_pod", broken)
+    monkeypatch.setattr(admission_module, "inject_pod", broken)
     data, uid = body()
     before = internal_errors()
     with caplog.at_level(logging.INFO, logger="cache_injector"):
-        status, answer = runtime.review(data, 0.0)
-    response = json.loads(answer)["response"]
-    assert status == 200
+        answer = admission.answer(data)
+        account(answer, 0.001)
+    response = json.loads(answer.body)["response"]
+    assert answer.status == 200
     assert response == {"uid": uid, "allowed": True, "warnings": response["warnings"]}
     assert uid in response["warnings"][0]
     assert internal_errors() == before + 1
@@ -56,30 +59,37 @@ def test_engine_bug_lets_the_pod_through_with_a_warning(
     assert failure.fields["uid"] == uid
     line = next(r for r in caplog.records if getattr(r, "fields", {}).get("event") == "review")
     assert line.fields["reason"] == "internal_error"
+    assert line.fields["ms"] == 1.0
 
 
-def test_decoder_bug_is_a_400_not_a_500(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decoder_bug_is_a_400_not_a_500(
+    admission: Admission, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken(_: bytes) -> None:
         raise TypeError("a bug")
 
-    monkeypatch.setattr(server_module, "decode_review", broken)
+    monkeypatch.setattr(admission_module, "decode_review", broken)
     before = internal_errors()
-    status, answer = runtime.review(body()[0], 0.0)
-    assert status == 400
-    assert json.loads(answer)["field"] == "body"
+    with caplog.at_level(logging.INFO, logger="cache_injector"):
+        answer = admission.answer(body()[0])
+        account(answer, 0.001)
+    assert answer.status == 400
+    assert json.loads(answer.body)["field"] == "body"
     assert internal_errors() == before + 1
+    (failure,) = caplog.records
+    assert failure.exc_info is not None and "a bug" in str(failure.exc_info[1])
 
 
 def test_a_cache_injector_error_escaping_the_engine_denies(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    admission: Admission, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def refuses(*_: Any, **__: Any) -> None:
         raise ImageOverrideNotAllowed("container cache-varnish image", "evil:1", "varnish:8.0")
 
-    monkeypatch.setattr(server_module, "inject_pod", refuses)
-    status, answer = runtime.review(body()[0], 0.0)
-    response = json.loads(answer)["response"]
-    assert status == 200
+    monkeypatch.setattr(admission_module, "inject_pod", refuses)
+    answer = admission.answer(body()[0])
+    response = json.loads(answer.body)["response"]
+    assert answer.status == 200
     assert response["allowed"] is False
     assert response["status"]["code"] == 403
     assert "evil:1" in response["status"]["message"]

@@ -6,6 +6,7 @@ import base64
 import json
 from typing import Any
 
+import orjson
 import pytest
 
 from webhook.engine.errors import (
@@ -24,6 +25,7 @@ from webhook.serve.review import (
     check_pod,
     decode_review,
     denial_code,
+    encode_response,
     internal_error_response,
     not_pod_decision,
     response_for,
@@ -188,3 +190,29 @@ def test_not_pod_decision_names_the_kind() -> None:
     decision = not_pod_decision(decode_review(body(review)))
     assert (decision.inject, decision.reason) == (False, "not_pod")
     assert "apps/Deployment" in decision.message
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        Outcome(allowed=True, decision=decide(False, "label_disabled")),
+        Outcome(allowed=True, decision=decide(False, "no_backend"), warnings=['w "1"', "ü"]),
+        Outcome(
+            allowed=True,
+            decision=decide(True, "pod_label"),
+            patch=[{"op": "add", "path": "/metadata/annotations", "value": {"a": 'b\n"c'}}],
+        ),
+        Outcome(
+            allowed=True,
+            decision=decide(True, "pod_label"),
+            patch=[{"op": "add", "path": "/spec/volumes/-", "value": {"name": "v"}}],
+            warnings=["careful"],
+        ),
+        outcome_denied(annotation(InvalidAnnotation)),
+    ],
+    ids=["skipped", "warnings", "patch", "patch-and-warnings", "denied"],
+)
+@pytest.mark.parametrize("uid", ["u-1", 'odd "uid" \\ é'])
+def test_encoded_response_is_the_response_dict_byte_for_byte(outcome: Outcome, uid: str) -> None:
+    """The server sends encode_response(); it must be exactly the documented response."""
+    assert encode_response(uid, outcome) == orjson.dumps(response_for(uid, outcome))

@@ -72,6 +72,17 @@ def count_admission(result: str, reason: str, seconds: float) -> None:
     ADMISSION_DURATION.observe(seconds)
 
 
+_REJECTED_CHILDREN: dict[str, Any] = {}
+
+
+def count_rejected(code: int) -> None:
+    """One /mutate request answered without a review (400, 408, 413)."""
+    child = _REJECTED_CHILDREN.get(str(code))
+    if child is None:
+        child = _REJECTED_CHILDREN[str(code)] = REJECTED_REQUESTS.labels(code=str(code))
+    child.inc()
+
+
 def initialise() -> None:
     """Show the reload counters at 0 before the first reload, so alerts have a series."""
     for counter in (CERTIFICATE_RELOADS, POLICY_RELOADS):

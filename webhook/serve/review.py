@@ -11,6 +11,7 @@ Pure: bytes or dicts in, dicts or bytes out, so it is tested without a server.
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -234,6 +235,25 @@ def response_for(uid: str, outcome: Outcome) -> dict[str, Any]:
     if outcome.warnings:
         response["warnings"] = list(outcome.warnings)
     return _review(response)
+
+
+# The bytes every allowing answer starts with: orjson.dumps(response_for(...)) up to the uid.
+_ANSWER_HEAD = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":'
+
+
+def encode_response(uid: str, outcome: Outcome) -> bytes:
+    """orjson.dumps(response_for(uid, outcome)), byte for byte, for an allowing answer without
+    building the dict: the base64 patch is the bulk of the answer (~10 KB), and as a str in a
+    dict it was encoded from bytes, decoded to text and scanned for escapes again."""
+    if not outcome.allowed:
+        return orjson.dumps(response_for(uid, outcome))
+    out = _ANSWER_HEAD + orjson.dumps(uid) + b',"allowed":true'
+    if outcome.patch:
+        patch = binascii.b2a_base64(orjson.dumps(outcome.patch), newline=False)
+        out += b',"patchType":"JSONPatch","patch":"' + patch + b'"'
+    if outcome.warnings:
+        out += b',"warnings":' + orjson.dumps(list(outcome.warnings))
+    return out + b"}}"
 
 
 def allowed_response(uid: str, warnings: list[str] | None = None) -> dict[str, Any]:
