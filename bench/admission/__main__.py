@@ -1,16 +1,17 @@
 """Admission benchmark: /mutate over TLS with keep-alive, our webhook beside a Go yardstick.
 
-    python -m bench.admission [--duration 8] [--workers 1,2] [--rounds 1]
+    python -m bench.admission [--duration 8] [--workers 1,2] [--rounds 2] [--note TEXT]
 
 Loads each server with wrk (a Lua script posts the review) at concurrency 1 and 8, for a
 realistic review (a ~3 KB pod that gets injected) and a no-op review (a pod labelled
-disabled). Every round runs every server, so each round's ratios to the Go reference
-(../shared/reference/goinject, built with the Go toolchain from PyPI) compare figures taken
-minutes apart on the same machine. Prints, per review kind, the medians over the rounds of
-p50, p99 and requests/s, the median of the rounds' ratios to Go, the answer's size, the bytes
-the patch adds to the pod (compact JSON) and the RSS per worker process; every figure goes to
-a JSON file under bench/results/. It prints numbers and asserts nothing. Loopback only; every
-process it starts is stopped by PID.
+disabled). All servers run throughout and each load runs on each server in turn, so a ratio
+to the Go reference (../shared/reference/goinject, built with the Go toolchain from PyPI)
+compares figures taken seconds apart on the same machine. Prints, per review kind, the
+medians over the rounds of p50, p99 and requests/s, the median of the rounds' ratios to Go,
+the server's CPU time per request (all its processes: the figure the machine's other load
+disturbs least), the answer's size, the bytes the patch adds to the pod (compact JSON) and
+the RSS per worker process; every figure goes to a JSON file under bench/results/. It prints
+numbers and asserts nothing. Loopback only; every process it starts is stopped by PID.
 """
 
 from __future__ import annotations
@@ -162,9 +163,22 @@ class Server:
         total = sum(_rss_kib(pid) for pid in pids) / 1024
         return total, max(_rss_kib(pid) for pid in workers) / 1024
 
+    def cpu_seconds(self) -> float:
+        """CPU time of the server and its workers so far."""
+        assert self.process is not None
+        return sum(_cpu_seconds(pid) for pid in process_tree(self.process.pid))
+
     def stop(self) -> None:
         if self.process:
             stop_group(self.process)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 once it is gone)."""
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def _rss_kib(pid: int) -> int:
@@ -219,6 +233,9 @@ class Figure:
     errors: int
     rss_mib: float
     rss_worker_mib: float
+    # The server's CPU time (all its processes) per request: less sensitive than latency to
+    # what else the machine runs, since time spent waiting for a core is not counted.
+    cpu_us_per_request: float
     round: int = 0
     response_bytes: int = 0
     pod_bytes_added: int = 0
@@ -228,6 +245,7 @@ def load(server: Server, body: Path, connections: int, duration: int) -> Figure:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
+    cpu_before = server.cpu_seconds()
     result = subprocess.run(
         [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(HERE / "post.lua"),
          f"https://{HOST}:{server.port}/mutate"],
@@ -236,6 +254,7 @@ def load(server: Server, body: Path, connections: int, duration: int) -> Figure:
     )  # fmt: skip
     line = next(line for line in result.stdout.splitlines() if line.startswith("{"))
     data = json.loads(line)
+    cpu = server.cpu_seconds() - cpu_before
     rss = server.rss_mib()
     seconds = data["duration_us"] / 1e6
     return Figure(
@@ -250,6 +269,7 @@ def load(server: Server, body: Path, connections: int, duration: int) -> Figure:
         errors=data["socket_errors"] + data["non_2xx"],
         rss_mib=round(rss[0], 1),
         rss_worker_mib=round(rss[1], 1),
+        cpu_us_per_request=round(cpu / max(1, data["requests"]) * 1e6, 1),
     )
 
 
@@ -293,6 +313,7 @@ def summary(figures: list[Figure]) -> list[dict[str, Any]]:
             "response_bytes": runs[0].response_bytes,
             "pod_bytes_added": runs[0].pod_bytes_added,
             "rss_worker_mib": statistics.median(f.rss_worker_mib for f in runs),
+            "cpu_us_per_request": statistics.median(f.cpu_us_per_request for f in runs),
             "errors": sum(f.errors for f in runs),
         }  # fmt: skip
         for name, attribute in (("p50_x", "p50_ms"), ("p99_x", "p99_ms"),
@@ -311,8 +332,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         out += [
             f"review: {review_name}",
             f"{'c':>2} {'server':18} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7}  {'p50 x':>5} "
-            f"{'p99 x':>5} {'rps x':>5}  {'resp B':>6} {'pod +B':>6} {'RSS/wkr':>7} err  "
-            "rounds (p50 x / rps x)",
+            f"{'p99 x':>5} {'rps x':>5} {'CPU us':>6}  {'resp B':>6} {'pod +B':>6} {'RSS/wkr':>7} "
+            "err  rounds (p50 x / rps x)",
         ]
         for row in (r for r in rows if r["review"] == review_name):
             ratios = [f"{row[k]:.2f}" if row[k] is not None else "" for k in
@@ -322,7 +343,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             out.append(
                 f"{row['connections']:>2} {row['server']:18} {row['p50_ms']:7.3f} "
                 f"{row['p99_ms']:7.3f} {row['requests_per_second']:7.0f}  {ratios[0]:>5} "
-                f"{ratios[1]:>5} {ratios[2]:>5}  {row['response_bytes']:>6} "
+                f"{ratios[1]:>5} {ratios[2]:>5} {row['cpu_us_per_request']:6.0f}  "
+                f"{row['response_bytes']:>6} "
                 f"{row['pod_bytes_added']:>6} {row['rss_worker_mib']:7.1f} {row['errors']:>3}  "
                 f"{rounds}"
             )
@@ -372,20 +394,26 @@ def main() -> None:
                 port, "/readyz",
             ))  # fmt: skip
         figures: list[Figure] = []
-        for round_number in range(1, args.rounds + 1):
+        with contextlib.ExitStack() as stack:
+            # Every server runs for the whole benchmark, and each load runs on each server
+            # in turn: the figures a ratio compares are seconds apart, not minutes, so a
+            # change in the machine's other load hits both sides alike.
+            sizes: dict[tuple[str, str], Sizes] = {}
             for server in servers:
-                with running(server, context):
-                    sizes = {
-                        "inject": check_answer(server, paths["inject"], context, True),
-                        "noop": check_answer(server, paths["noop"], context, False),
-                    }
-                    load(server, paths["inject"], 8, 2)  # warm-up, not counted
-                    for name in ("inject", "noop"):
-                        for count in connections:
+                stack.enter_context(running(server, context))
+                for name in ("inject", "noop"):
+                    sizes[server.name, name] = check_answer(
+                        server, paths[name], context, expect_patch=name == "inject"
+                    )
+                load(server, paths["inject"], 8, 2)  # warm-up, not counted
+            for round_number in range(1, args.rounds + 1):
+                for name in ("inject", "noop"):
+                    for count in connections:
+                        for server in servers:
                             figure = load(server, paths[name], count, args.duration)
                             figure.round = round_number
-                            figure.response_bytes = sizes[name].response_bytes
-                            figure.pod_bytes_added = sizes[name].pod_bytes_added
+                            figure.response_bytes = sizes[server.name, name].response_bytes
+                            figure.pod_bytes_added = sizes[server.name, name].pod_bytes_added
                             figures.append(figure)
                             print(f"round {round_number}: {figure}", file=sys.stderr)
         rows = summary(figures)

@@ -27,6 +27,7 @@ from uvicorn.supervisors import Multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
 from . import logs, metrics
+from .protocol import CorkedHttpToolsProtocol
 from .server import Runtime, Settings, Webhook, build_app
 
 # Longer than the API server's idle-connection timeout (Go's http.Transport: 90 s), so the
@@ -180,7 +181,7 @@ def run(
             port=port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            http=CorkedHttpToolsProtocol,  # httptools; one write per response (protocol.py)
             ws="none",
             lifespan="on",
             interface="asgi3",
