@@ -3,7 +3,7 @@
 Owns: the line format (time, level, message, then the event's own fields; a traceback only
 when one is attached, which the server does only for internal errors) and uvicorn's logging
 configuration, so every line the process writes parses as JSON.
-Does not: decide what to log (server.py).
+Does not: decide what to log (admission.py and server.py).
 
 A review's line is written by `line()`, the same text as `event()` without the logging
 machinery (a LogRecord, the formatter, datetime per line): 14 µs -> 3 µs a line, with one line

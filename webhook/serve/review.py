@@ -4,7 +4,8 @@ Owns: the admission.k8s.io/v1 wire format — which bodies are usable reviews (a
 raises MalformedReview naming the field, the value and what is accepted), the shape a Pod
 must have before the engine sees it, and the response for an Outcome: base64 JSON patch,
 warnings, and the status code of a denial (403 for a policy refusal, else 400).
-Does not: decide or inject (inject.py), touch the network, log or count (server.py).
+Does not: decide or inject (inject.py, called by admission.py), touch the network, log or count
+(server.py).
 Pure: bytes or dicts in, dicts or bytes out, so it is tested without a server.
 """
 
