@@ -21,7 +21,7 @@ from tests.chart.chart import (
     validate_custom_resource,
 )
 
-# The oldest Kubernetes the default policy targets (DESIGN.md: native sidecars, 1.30) and the
+# The oldest Kubernetes the default policy targets (docs/design.md: native sidecars, 1.30) and the
 # newest that kubernetes-validate knows.
 KUBE_VERSIONS = ("1.30.0", "1.37.0")
 LINT_ERROR = 2  # helm lint severities: 1 info, 2 warning, 3 error

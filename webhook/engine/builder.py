@@ -50,7 +50,7 @@ def _resources(spec: Resources, memory_floor: int | None = None) -> JsonDict:
         }
         out[kind] = entries
     if memory_floor is not None:
-        # The memory-limit rule: never below what a full cache needs (DESIGN.md).
+        # The memory-limit rule: never below what a full cache needs (docs/design.md).
         limit = out["limits"].get("memory")
         if limit is None or values.parse_size(limit) < memory_floor:
             out["limits"]["memory"] = values.format_quantity(memory_floor)

@@ -25,7 +25,8 @@ DEFAULT_IMAGES = {"haproxy": "haproxy:3.4", "varnish": "varnish:8.0"}
 # The Varnish workdir holds the shared-memory log (vsl_space, 80 MB by default): a smaller
 # Memory emptyDir makes varnishd fail at launch ("Child failed on launch").
 VARNISH_WORKDIR_SIZE = 128 * values.MIB
-# Allocator overhead and threads beyond cache + Transient + workdir (measured: DESIGN.md).
+# Allocator overhead and threads beyond cache + Transient + workdir (measured: docs/design.md
+# "The injected pod", memory limit).
 VARNISH_MEMORY_HEADROOM = 64 * values.MIB
 MIN_CACHE_SIZE = 16 * values.MIB
 
