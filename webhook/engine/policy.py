@@ -132,7 +132,10 @@ class Limits(StrictModel):
 
     max_cache_size: StrictStr = Field("4Gi", description="Largest cache-size a pod may ask for.")
     max_backends: StrictInt = Field(
-        128, ge=1, le=256, description="Largest max-backends a pod may ask for."
+        128,
+        ge=1,
+        le=names.OPTIONS_BY_NAME["max_backends"].high,  # the option's own bound: one place
+        description="Largest max-backends a pod may ask for.",
     )
 
 
@@ -376,7 +379,8 @@ def _check_semantics(model: PolicyModel) -> list[str]:
     max_cache = _check_quantity("limits.maxCacheSize", model.limits.max_cache_size, problems)
     if max_cache is not None and max_cache < MIN_CACHE_SIZE:
         problems.append(
-            f"limits.maxCacheSize: {json.dumps(model.limits.max_cache_size)}: at least 16Mi"
+            f"limits.maxCacheSize: {json.dumps(model.limits.max_cache_size)}: at least "
+            f"{values.format_quantity(MIN_CACHE_SIZE)}"
         )
     if problems:
         return problems  # the option checks below need a valid limit
