@@ -396,6 +396,7 @@ def main() -> None:
                 port, "/readyz",
             ))  # fmt: skip
         figures: list[Figure] = []
+        load_before = os.getloadavg()
         with contextlib.ExitStack() as stack:
             # Every server runs for the whole benchmark, and each load runs on each server
             # in turn: the figures a ratio compares are seconds apart, not minutes, so a
@@ -419,11 +420,15 @@ def main() -> None:
                             figures.append(figure)
                             print(f"round {round_number}: {figure}", file=sys.stderr)
         rows = summary(figures)
-        print(f"medians of {args.rounds} round(s), {args.duration} s per run; ratios: ours / Go")
+        # The machine's load around the run: latency ratios mean little when it exceeds the CPUs.
+        loads = [round(load_before[0], 1), round(os.getloadavg()[0], 1)]
+        print(f"medians of {args.rounds} round(s), {args.duration} s per run; ratios: ours / Go; "
+              f"load average {loads[0]} -> {loads[1]} on {os.cpu_count()} CPUs")  # fmt: skip
         print(table(rows))
         write_results(
             "admission",
-            {"note": args.note, "duration": args.duration, "rounds": args.rounds, "summary": rows,
+            {"note": args.note, "duration": args.duration, "rounds": args.rounds,
+             "load_average": loads, "summary": rows,
              "figures": [asdict(f) for f in figures]},
         )  # fmt: skip
 
