@@ -1,4 +1,4 @@
-"""The `cache-injector` command: inject, explain, policy check, serve, certs generate.
+"""The `cache-injector` command: inject, uninject, explain, policy check, serve, certs generate.
 
 Owns: reading files and stdin, printing, exit codes (0 ok, 1 explain found denials, 2 bad
 input or denied injection). Calls inject.py exactly as the webhook does, so what `explain`
@@ -22,6 +22,7 @@ from . import __version__
 from .engine import names
 from .engine.errors import CacheInjectorError, InvalidOptions, InvalidPolicy
 from .engine.inject import Outcome, inject_pod
+from .engine.patch import uninject as unpatch
 from .engine.policy import Policy, default_policy, load_policy_text
 from .engine.render import Templates, load_templates
 from .engine.selection import decide
@@ -171,6 +172,36 @@ def inject(
             patch = copy.deepcopy(result.outcome.patch)
             jsonpatch.apply_patch(result.workload.template, patch, in_place=True)
             result.workload.document.changed = True
+    if errors:
+        fail("\n".join(errors))
+    sys.stdout.write("".join(dump_document(document) for document in documents))
+
+
+@main.command()
+@click.option("-f", "--filename", "path", required=True, help="Manifest file, or - for stdin.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not list what was removed on stderr.")
+def uninject(path: str, quiet: bool) -> None:
+    """Write the manifests with the cache taken out again: the inverse of `inject`.
+
+    Removes exactly what each pod template's status annotation lists and restores what
+    injection replaced; documents without an injected template are written back unchanged.
+    """
+    text = read_input(path)
+    try:
+        documents = split_documents(text)
+    except CacheInjectorError as err:
+        fail(f"{path}: {err}")
+    errors: list[str] = []
+    for workload in find_workloads(documents):
+        try:
+            removed = unpatch(workload.template)
+        except ValueError as err:
+            errors.append(f"{prefix(path, workload)}: {err}")
+            continue
+        if removed:
+            workload.document.changed = True
+            if not quiet:
+                click.echo(f"{prefix(path, workload)}: removed {'; '.join(removed)}", err=True)
     if errors:
         fail("\n".join(errors))
     sys.stdout.write("".join(dump_document(document) for document in documents))

@@ -14,7 +14,7 @@ from typing import Any
 from . import builder, names
 from .errors import CacheInjectorError, InvalidAnnotation, InvalidOptions
 from .options import Options, resolve_options, unknown_annotation_warnings
-from .patch import Op, build_patch, status_annotation
+from .patch import Op, build_patch
 from .policy import Policy
 from .render import RenderedConfigs, Target, Templates, render_configs
 from .selection import Decision, decide, select_pod
@@ -157,8 +157,6 @@ def inject_pod(
     written = {names.ANNOTATION_HAPROXY_CFG: configs.haproxy_cfg}
     if configs.vcl is not None:
         written[names.ANNOTATION_VCL] = configs.vcl
-    volume_names = [v["name"] for v in volumes]
-    written[names.ANNOTATION_STATUS] = status_annotation(merged, volume_names, configs.digest)
     patch = build_patch(
         pod,
         containers=merged,
@@ -166,6 +164,7 @@ def inject_pod(
         annotations=written,
         replaced={name: (group, index) for name, (group, index, _) in declared.items()},
         native=policy.model.native_sidecars,
+        config_hash=configs.digest,
     )
     return Outcome(
         allowed=True,
