@@ -1,4 +1,4 @@
-"""The `cache-injector` command: inject, uninject, explain, policy check, serve, certs generate.
+"""The `cache-injector` command: inject, uninject, explain, policy check, purge, serve, certs.
 
 Owns: reading files and stdin, printing, exit codes (0 ok, 1 explain found denials, 2 bad
 input or denied injection). Calls inject.py exactly as the webhook does, so what `explain`
@@ -417,6 +417,160 @@ def serve(
             shutdown_timeout=shutdown_timeout,
             log_level=log_level.upper(),
         )
+    )
+
+
+def cluster_options(command: Any) -> Any:
+    for option in reversed(
+        [
+            click.option(
+                "--kubeconfig",
+                help="Kubeconfig file (default: KUBECONFIG, ~/.kube/config, "
+                "else the in-cluster ServiceAccount).",
+            ),
+            click.option("--context", help="Kubeconfig context."),
+            click.option("-n", "--namespace", default="default", show_default=True),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@main.command()
+@cluster_options
+@click.option("-l", "--selector", help="Label selector of the pods (as kubectl -l).")
+@click.option("--deployment", help="The pods of this Deployment (its spec.selector).")
+@click.option("--service", help="The pods behind this Service (its spec.selector).")
+@click.option("--pod", "pods", multiple=True, help="Only this pod (repeatable): to repeat a purge.")
+@click.option(
+    "--url", "urls", multiple=True, help="Path to invalidate, such as /a?b=1 (repeatable)."
+)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    help="Host the URL was requested with (repeatable); without it, the URL at every Host.",
+)
+@click.option("--ban", "bans", multiple=True, help="Regex of URLs to ban (repeatable).")
+@click.option(
+    "--via",
+    type=click.Choice(["proxy", "direct"]),
+    default="proxy",
+    show_default=True,
+    help="proxy: through the API server (pods/proxy); direct: to the pod IPs (in-cluster).",
+)
+@click.option(
+    "--token-file",
+    help=f"File holding the token (default: Secret {names.PURGE_SECRET}, key "
+    f"{names.PURGE_SECRET_KEY}, of the namespace).",
+)
+@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.1, 120),
+              help="Seconds per attempt.")  # fmt: skip
+@click.option("--retries", default=2, show_default=True, type=click.IntRange(0, 10))
+@click.option("--concurrency", default=10, show_default=True, type=click.IntRange(1, 200))
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def purge(
+    *,
+    kubeconfig: str | None,
+    context: str | None,
+    namespace: str,
+    selector: str | None,
+    deployment: str | None,
+    service: str | None,
+    pods: tuple[str, ...],
+    urls: tuple[str, ...],
+    hosts: tuple[str, ...],
+    bans: tuple[str, ...],
+    via: str,
+    token_file: str | None,
+    timeout: float,
+    retries: int,
+    concurrency: int,
+    output: str,
+) -> None:
+    """Invalidate URLs in the cache of every injected pod of a workload, one result per pod.
+
+    Each pod gets a PURGE per --url and --host (or, without --host, a ban of exactly that URL
+    at every Host) and a BAN per --ban, authenticated by the namespace's token. Exits 1 when
+    any pod failed or was unreachable, and prints how to repeat for those pods.
+    """
+    from .cluster import kube  # noqa: PLC0415 (kubernetes loads slowly)
+    from .cluster import purge as purging  # noqa: PLC0415
+
+    chosen = [o for o, v in (("--selector", selector), ("--deployment", deployment),
+                             ("--service", service)) if v]  # fmt: skip
+    problems = purging.check_inputs(urls, hosts, bans)
+    if len(chosen) != 1:
+        problems.append("give exactly one of --selector, --deployment, --service")
+    if problems:
+        fail("\n".join(problems))
+    try:
+        cluster = kube.connect(kubeconfig, context, pool_size=concurrency)
+        if deployment:
+            obj = kube.read(cluster, "Deployment", namespace, deployment)
+            labels = kube.selector_text((obj.get("spec") or {}).get("selector") or {})
+        elif service:
+            obj = kube.read(cluster, "Service", namespace, service)
+            labels = kube.selector_text({"matchLabels": (obj.get("spec") or {}).get("selector")})
+        else:
+            labels = selector or ""
+        if not labels:
+            fail(f"{chosen[0]}: selects every pod of namespace {namespace}; refusing")
+        found = list(kube.list_pods(cluster, namespace, labels))
+        if token_file:
+            token = read_input(token_file).strip("\n")
+        else:
+            token = purging.token_from_secret(cluster, namespace)
+    except kube.ClusterError as err:
+        fail(str(err))
+    targets, skipped = purging.classify(found, pods)
+    send = purging.send_direct if via == "direct" else purging.proxy_sender(cluster, namespace)
+    actions = purging.invalidations(urls, hosts, bans)
+    results = (
+        purging.fan_out(
+            targets,
+            actions,
+            send=send,
+            token=token,
+            timeout=timeout,
+            retries=retries,
+            concurrency=concurrency,
+        )
+        + skipped
+    )
+    bad = [r.pod for r in results if r.result in ("failed", "unreachable")]
+    if output == "json":
+        click.echo(json.dumps({"selector": labels, "pods": purging.as_json(results)}, indent=2))
+    else:
+        click.echo(purge_table(results))
+        counts = {k: sum(r.result == k for r in results) for k in
+                  ("ok", "failed", "unreachable", "skipped")}  # fmt: skip
+        click.echo(
+            f"{len(results)} pods ({labels}): " + ", ".join(f"{v} {k}" for k, v in counts.items())
+        )
+        if bad:
+            again = " ".join(f"--pod {p}" for p in bad)
+            what = " ".join([*(f"--url {u}" for u in urls), *(f"--host {h}" for h in hosts),
+                             *(f"--ban '{b}'" for b in bans)])  # fmt: skip
+            click.echo(
+                f"repeat for those pods: cache-injector purge -n {namespace} -l '{labels}' "
+                f"{again} {what}\n"
+                "(a pod whose cache-varnish restarted meanwhile has an empty cache and needs "
+                "nothing; one that was only unreachable still holds the objects)"
+            )
+    if not results:
+        click.echo(f"no pods match {labels} in namespace {namespace}", err=True)
+    sys.exit(1 if bad or not targets else 0)
+
+
+def purge_table(results: Any) -> str:
+    rows = [("POD", "IP", "RESULT", "TRIES", "SECONDS", "DETAIL")]
+    rows += [(r.pod, r.ip or "-", r.result, str(r.attempts), f"{r.seconds:.3f}", r.detail)
+             for r in results]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5]
+        for row in rows
     )
 
 

@@ -24,10 +24,55 @@ backend haproxy {
     }
 }
 
-# PURGE only from inside the pod.
+# Invalidation without a token only from inside the pod.
 acl purgers {
     "127.0.0.1";
     "::1";
+}
+
+# Invalidation from outside the pod is authenticated, never allowed by address: the request
+# carries X-Cache-Token, equal to the key `token` of the Secret
+# `cache-injector-purge` in the pod's namespace, which cache-varnish gets as the environment
+# variable CACHE_INJECTOR_PURGE_TOKEN (optional: without the Secret it is unset). A token shorter than 16
+# printable characters - unset, empty - turns remote invalidation off: an unset header must
+# never equal an unset token. (A variable, not std.fileread(): reading an empty file panics
+# Varnish 8.0.) Inside the pod no token is needed, as before.
+sub cache_injector_invalidation_allowed {
+    if (client.ip ~ purgers) {
+        return;
+    }
+    if (std.getenv("CACHE_INJECTOR_PURGE_TOKEN") !~ "^[!-~]{16,}$") {
+        return (synth(403, "Invalidation from outside the pod is not configured"));
+    }
+    if (!req.http.X-Cache-Token) {
+        return (synth(401, "X-Cache-Token required"));
+    }
+    if (req.http.X-Cache-Token != std.getenv("CACHE_INJECTOR_PURGE_TOKEN")) {
+        return (synth(403, "Wrong X-Cache-Token"));
+    }
+}
+
+# BAN by URL regex (and optionally one exact Host), tested against what every stored object
+# records of its request (vcl_backend_response), so the ban lurker can drop objects in the
+# background: only obj.* in the expression.
+sub cache_injector_ban {
+    if (!req.http.X-Cache-Ban-Url || req.http.X-Cache-Ban-Url ~ {"["\s]"}) {
+        return (synth(400, "X-Cache-Ban-Url: a URL regex without quotes or spaces"));
+    }
+    if (req.http.X-Cache-Ban-Host ~ {"["\s]"}) {
+        return (synth(400, "X-Cache-Ban-Host: a Host without quotes or spaces"));
+    }
+    if (req.http.X-Cache-Ban-Host) {
+        set req.http.X-Cache-Ban-Expr = {"obj.http.X-Cache-Url ~ ""} + req.http.X-Cache-Ban-Url
+            + {"" && obj.http.X-Cache-Host == ""} + req.http.X-Cache-Ban-Host + {"""};
+    } else {
+        set req.http.X-Cache-Ban-Expr = {"obj.http.X-Cache-Url ~ ""} + req.http.X-Cache-Ban-Url
+            + {"""};
+    }
+    if (std.ban(req.http.X-Cache-Ban-Expr)) {
+        return (synth(200, "Banned"));
+    }
+    return (synth(400, "Invalid ban: " + std.ban_error()));
 }
 
 sub vcl_recv {
@@ -39,11 +84,26 @@ sub vcl_recv {
     if (req.url == "/.cache/ready") {
         return (synth(200, "Ready"));
     }
-    if (req.method == "PURGE") {
-        if (client.ip !~ purgers) {
-            return (synth(403, "PURGE is allowed from localhost only"));
+    # PURGE url (with the Host it was requested with) and BAN, or, through proxies that
+    # pass only the usual methods (the API server's pod proxy), POST /.cache/purge with
+    # X-Cache-Purge-Url and X-Cache-Purge-Host, and POST /.cache/ban.
+    if (req.method == "PURGE" || req.method == "BAN" || req.url ~ "^/\.cache/(purge|ban)") {
+        call cache_injector_invalidation_allowed;
+        if (req.method == "BAN" || (req.method == "POST" && req.url ~ "^/.cache/ban(\?|$)")) {
+            call cache_injector_ban;
         }
-        return (purge);
+        if (req.method == "POST" && req.url ~ "^/.cache/purge(\?|$)") {
+            if (req.http.X-Cache-Purge-Url !~ "^/" || !req.http.X-Cache-Purge-Host) {
+                return (synth(400, "X-Cache-Purge-Url (a path) and X-Cache-Purge-Host required"));
+            }
+            set req.url = req.http.X-Cache-Purge-Url;
+            set req.http.Host = req.http.X-Cache-Purge-Host;
+            return (purge);
+        }
+        if (req.method == "PURGE") {
+            return (purge);
+        }
+        return (synth(405, "Use PURGE, BAN, POST /.cache/purge or POST /.cache/ban"));
     }
     # While HAProxy reports backend pods up, serve an expired object at most 10 s longer
     # (refreshed in the background); when none is up, serve it for the whole grace. So does
@@ -87,6 +147,9 @@ sub vcl_backend_response {
         set beresp.ttl = 120s;
     }
     set beresp.grace = 21600s;
+    # For lurker-friendly bans (cache_injector_ban); removed again in vcl_deliver.
+    set beresp.http.X-Cache-Url = bereq.url;
+    set beresp.http.X-Cache-Host = bereq.http.Host;
     # Falls through to the built-in vcl_backend_response: a response that sets a cookie
     # is never cached.
 }
@@ -114,6 +177,8 @@ sub vcl_deliver {
         set req.http.X-Cache-Stale-If-Error = "retry";
         return (restart);
     }
+    unset resp.http.X-Cache-Url;
+    unset resp.http.X-Cache-Host;
     if (obj.hits > 0) {
         set resp.http.X-Cache = "HIT";
     } else {
