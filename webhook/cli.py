@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -567,9 +567,86 @@ def purge_table(results: Any) -> str:
     rows = [("POD", "IP", "RESULT", "TRIES", "SECONDS", "DETAIL")]
     rows += [(r.pod, r.ip or "-", r.result, str(r.attempts), f"{r.seconds:.3f}", r.detail)
              for r in results]  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return table(rows)
+
+
+@main.command()
+@click.option("--kubeconfig", help="Kubeconfig file (default: KUBECONFIG, ~/.kube/config, "
+              "else the in-cluster ServiceAccount).")  # fmt: skip
+@click.option("--context", help="Kubeconfig context.")
+@click.option("-n", "--namespace", help="Only this namespace (default: every namespace).")
+@click.option(
+    "--policy", "policy_path", help="The cluster policy the injector runs (default: embedded)."
+)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("--restart", is_flag=True, help="Roll the owners of the pods found (restartedAt).")
+@click.option("--max-restarts", default=1, show_default=True, type=click.IntRange(1, 50),
+              help="Owners rolled at once; the next ones wait for their rollouts.")  # fmt: skip
+@click.option("--rollout-timeout", default=600.0, show_default=True,
+              type=click.FloatRange(1, 7200), help="Seconds to wait for each rollout.")  # fmt: skip
+def audit(
+    *,
+    kubeconfig: str | None,
+    context: str | None,
+    namespace: str | None,
+    policy_path: str | None,
+    output: str,
+    restart: bool,
+    max_restarts: int,
+    rollout_timeout: float,
+) -> None:
+    """Find pods that need attention: selected but not injected (missing), injected by
+    another injector version, policy or image (stale), injected but no longer selected.
+
+    Exits 1 when there are findings (a CI or cron gate), 2 on errors. Compares with what
+    this version of cache-injector and the given policy would inject: run the injector's
+    own version (the chart's CronJob does).
+    """
+    from .cluster import audit as auditing  # noqa: PLC0415 (kubernetes loads slowly)
+    from .cluster import kube  # noqa: PLC0415
+
+    checked_policy, templates = read_policy(policy_path), load_templates()
+    try:
+        cluster = kube.connect(kubeconfig, context)
+        labels = auditing.namespace_labels(cluster, namespace)
+        findings, seen = auditing.audit(
+            kube.list_pods(cluster, namespace, None),
+            namespaces=labels,
+            policy=checked_policy,
+            templates=templates,
+        )
+    except kube.ClusterError as err:
+        fail(str(err))
+    restarts = (
+        auditing.restart_owners(cluster, findings, at_once=max_restarts, timeout=rollout_timeout)
+        if restart
+        else []
+    )
+    if output == "json":
+        click.echo(json.dumps({"pods": seen, "findings": auditing.as_json(findings),
+                               "restarts": auditing.as_json(restarts)}, indent=2))  # fmt: skip
+    else:
+        rows = [("NAMESPACE", "OWNER", "POD", "FINDING", "REASON")]
+        rows += [(f.namespace, f.owner, f.pod, f.kind, f.reason) for f in findings]
+        click.echo(table(rows))
+        kinds = sorted({f.kind for f in findings})
+        counts = ", ".join(f"{sum(f.kind == k for f in findings)} {k}" for k in kinds)
+        click.echo(
+            f"{seen} pods audited, {len(findings)} findings" + (f" ({counts})" if counts else "")
+        )
+        if restarts:
+            click.echo("")
+            click.echo(table([("NAMESPACE", "OWNER", "RESULT", "SECONDS", "DETAIL")]
+                             + [(r.namespace, r.owner, r.result, f"{r.seconds:.1f}", r.detail)
+                                for r in restarts]))  # fmt: skip
+    sys.exit(1 if findings else 0)
+
+
+def table(rows: Sequence[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell; the last column as is."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5]
+        "  ".join([*(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])), row[-1]])
         for row in rows
     )
 

@@ -83,29 +83,55 @@ def is_status(err: ApiException) -> bool:
     return isinstance(body, dict) and body.get("kind") == "Status"
 
 
-def _json(response: Any) -> dict[str, Any]:
+def as_dict(response: Any) -> dict[str, Any]:
     data = json.loads(response.data)
     if not isinstance(data, dict):
         raise ClusterError(f"unexpected answer from the API server: {str(data)[:100]}")
     return data
 
 
-def list_pods(cluster: Cluster, namespace: str, selector: str | None) -> Iterator[dict[str, Any]]:
-    """Every pod matching `selector`, page by page (`limit` + `continue`)."""
-    token: str | None = None
-    for _ in range(100_000):  # bounded: 50 M pods
-        try:
-            page = _json(
-                cluster.core.list_namespaced_pod(
-                    namespace,
-                    label_selector=selector or None,
-                    limit=LIST_PAGE,
-                    _continue=token,
-                    _preload_content=False,
-                )
+def list_pods(
+    cluster: Cluster, namespace: str | None, selector: str | None
+) -> Iterator[dict[str, Any]]:
+    """Every pod matching `selector` (namespace None: all), page by page (`continue`)."""
+    yield from _pages(
+        lambda token: (
+            cluster.core.list_namespaced_pod(
+                namespace,
+                label_selector=selector or None,
+                limit=LIST_PAGE,
+                _continue=token,
+                _preload_content=False,
             )
+            if namespace
+            else cluster.core.list_pod_for_all_namespaces(
+                label_selector=selector or None,
+                limit=LIST_PAGE,
+                _continue=token,
+                _preload_content=False,
+            )
+        ),
+        f"list pods in namespace {namespace}" if namespace else "list pods in all namespaces",
+    )
+
+
+def list_namespaces(cluster: Cluster) -> Iterator[dict[str, Any]]:
+    yield from _pages(
+        lambda token: cluster.core.list_namespace(
+            limit=LIST_PAGE, _continue=token, _preload_content=False
+        ),
+        "list namespaces",
+    )
+
+
+def _pages(call: Any, what: str) -> Iterator[dict[str, Any]]:
+    """A list call followed through every `continue` token."""
+    token: str | None = None
+    for _ in range(100_000):  # bounded: 50 M objects
+        try:
+            page = as_dict(call(token))
         except ApiException as err:
-            raise ClusterError(describe(err, f"list pods in namespace {namespace}")) from None
+            raise ClusterError(describe(err, what)) from None
         yield from page.get("items") or []
         token = (page.get("metadata") or {}).get("continue") or None
         if not token:
@@ -114,13 +140,18 @@ def list_pods(cluster: Cluster, namespace: str, selector: str | None) -> Iterato
 
 def read(cluster: Cluster, kind: str, namespace: str, name: str) -> dict[str, Any]:
     """A Deployment, Service or Secret as a dict."""
+    if kind == "Namespace":
+        try:
+            return as_dict(cluster.core.read_namespace(name, _preload_content=False))
+        except ApiException as err:
+            raise ClusterError(describe(err, f"get namespace {name}")) from None
     calls = {
         "Deployment": cluster.apps.read_namespaced_deployment,
         "Service": cluster.core.read_namespaced_service,
         "Secret": cluster.core.read_namespaced_secret,
     }
     try:
-        return _json(calls[kind](name, namespace, _preload_content=False))
+        return as_dict(calls[kind](name, namespace, _preload_content=False))
     except ApiException as err:
         raise ClusterError(describe(err, f"get {kind} {namespace}/{name}")) from None
 
