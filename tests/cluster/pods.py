@@ -46,7 +46,7 @@ def pod(
                 "name": owner[1],
                 "controller": True,
                 "uid": f"uid-{owner[1]}",
-            }  # fmt: skip
+            }
         ]
     if injected:
         outcome = inject_pod(

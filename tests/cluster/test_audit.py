@@ -25,17 +25,30 @@ OLD_DEFAULTS = load_policy_text("defaults:\n  default-ttl: 60s\n")
 
 
 def namespace(name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name, **labels}}}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name, **labels}},
+    }
 
 
 def deployment(name: str, namespace_name: str = "shop") -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace_name, "generation": 1},
-            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": {"labels": {"app": name}}}},
-            "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
-                       "availableReplicas": 2}}  # fmt: skip
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace_name, "generation": 1},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}},
+        },
+        "status": {
+            "observedGeneration": 1,
+            "replicas": 2,
+            "updatedReplicas": 2,
+            "availableReplicas": 2,
+        },
+    }
 
 
 def old_version(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -61,10 +74,19 @@ def api() -> Iterator[FakeApiServer]:
         "labels": {"app": "api", "pod-template-hash": "77aa"},
     }
     server.add(pod("api-77aa-a", policy=OLD_DEFAULTS, **api_rs))  # type: ignore[arg-type]
-    server.add(old_version(pod("old-1-a", owner=("ReplicaSet", "old-1"),
-                               labels={"pod-template-hash": "1"})))  # fmt: skip
-    server.add(pod("img-9-a", policy=OLD_IMAGES, owner=("ReplicaSet", "img-9"),
-                   labels={"pod-template-hash": "9"}))  # fmt: skip
+    server.add(
+        old_version(
+            pod("old-1-a", owner=("ReplicaSet", "old-1"), labels={"pod-template-hash": "1"})
+        )
+    )
+    server.add(
+        pod(
+            "img-9-a",
+            policy=OLD_IMAGES,
+            owner=("ReplicaSet", "img-9"),
+            labels={"pod-template-hash": "9"},
+        )
+    )
     server.add(pod("db-0", owner=("StatefulSet", "db"), injected=False, namespace="blog"))
     server.add(pod("blog-0", namespace="blog"))  # injected, namespace no longer labelled
     server.add(pod("done", injected=False, phase="Succeeded"))
@@ -77,8 +99,9 @@ def api() -> Iterator[FakeApiServer]:
 
 def run(api: FakeApiServer, tmp_path: Path, *args: str) -> Result:
     kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
-    return CliRunner().invoke(main, ["audit", "--kubeconfig", kubeconfig, *args],
-                              catch_exceptions=False)  # fmt: skip
+    return CliRunner().invoke(
+        main, ["audit", "--kubeconfig", kubeconfig, *args], catch_exceptions=False
+    )
 
 
 def test_every_kind_of_finding(api: FakeApiServer, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def api(tmp_path: Path) -> Iterator[FakeApiServer]:
             "type": "Opaque",
             "metadata": {"name": "cache-injector-purge", "namespace": "shop"},
             "data": {"token": base64.b64encode(TOKEN.encode()).decode()},
-        }  # fmt: skip
+        }
     )
     server.add(
         {
@@ -42,7 +42,7 @@ def api(tmp_path: Path) -> Iterator[FakeApiServer]:
             "kind": "Deployment",
             "metadata": {"name": "web", "namespace": "shop"},
             "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {}},
-        }  # fmt: skip
+        }
     )
     server.add(
         {
@@ -50,7 +50,7 @@ def api(tmp_path: Path) -> Iterator[FakeApiServer]:
             "kind": "Service",
             "metadata": {"name": "web", "namespace": "shop"},
             "spec": {"selector": {"app": "web"}},
-        }  # fmt: skip
+        }
     )
     for index in range(3):
         server.add(pod(f"web-{index}", ip=f"10.0.0.{index + 1}"))
@@ -98,9 +98,12 @@ def test_every_injected_running_pod_is_purged_once(
     assert result.exit_code == 0, result.output
     found = records(result)
     assert {p: r["result"] for p, r in found.items()} == {
-        "web-0": "ok", "web-1": "ok", "web-2": "ok",
-        "web-pending": "skipped", "web-plain": "skipped",
-    }  # fmt: skip
+        "web-0": "ok",
+        "web-1": "ok",
+        "web-2": "ok",
+        "web-pending": "skipped",
+        "web-plain": "skipped",
+    }
     assert "not injected" in found["web-plain"]["detail"]
     # One request per pod, through the pod proxy, to its cache port, with the token and
     # without the user's own credentials.
@@ -118,8 +121,9 @@ def test_every_injected_running_pod_is_purged_once(
 
 def test_purge_per_host(api: FakeApiServer, tmp_path: Path) -> None:
     api.proxy = answering({})
-    result = run(api, tmp_path, "-l", "app=web", "--url", "/a", "--host", "x.example",
-                 "--host", "y.example")  # fmt: skip
+    result = run(
+        api, tmp_path, "-l", "app=web", "--url", "/a", "--host", "x.example", "--host", "y.example"
+    )
     assert result.exit_code == 0, result.output
     hosts = sorted(p["headers"]["X-Cache-Purge-Host"] for p in api.proxied if p["pod"] == "web-0")
     assert hosts == ["x.example", "y.example"]
@@ -165,8 +169,20 @@ def test_per_pod_timeout_bounds_a_hanging_pod(api: FakeApiServer, tmp_path: Path
 
     api.proxy = hang
     began = time.monotonic()
-    result = run(api, tmp_path, "-l", "app=web", "--url", "/a", "--timeout", "0.5",
-                 "--retries", "1", "-o", "json")  # fmt: skip
+    result = run(
+        api,
+        tmp_path,
+        "-l",
+        "app=web",
+        "--url",
+        "/a",
+        "--timeout",
+        "0.5",
+        "--retries",
+        "1",
+        "-o",
+        "json",
+    )
     assert result.exit_code == 1
     found = records(result)
     assert found["web-2"]["result"] == "unreachable" and found["web-2"]["attempts"] == 2
@@ -247,8 +263,18 @@ def test_direct_mode_posts_to_pod_ips(tmp_path: Path) -> None:
     token.write_text(TOKEN + "\n")
     try:
         with api.running():
-            result = run(api, tmp_path, "-l", "app=web", "--via", "direct", "--token-file",
-                         str(token), "--url", "/x")  # fmt: skip
+            result = run(
+                api,
+                tmp_path,
+                "-l",
+                "app=web",
+                "--via",
+                "direct",
+                "--token-file",
+                str(token),
+                "--url",
+                "/x",
+            )
     finally:
         for cache in caches:
             cache.shutdown()
