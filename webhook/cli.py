@@ -52,6 +52,15 @@ def read_policy(path: str | None) -> Policy:
         fail("\n".join(f"{path}: {problem}" for problem in err.problems))
 
 
+def check_revision(revision: str) -> str:
+    """A revision is a label value: a DNS label, so it can name a namespace's choice."""
+    from .engine.values import DNS_LABEL  # noqa: PLC0415
+
+    if not DNS_LABEL.match(revision) or len(revision) > 63:
+        fail(f"--revision: {revision} is invalid: a DNS label (lowercase letters, digits, -)")
+    return revision
+
+
 def parse_labels(text: str | None) -> dict[str, str]:
     """`k=v,k2=v2`, as kubectl writes label selectors."""
     labels: dict[str, str] = {}
@@ -77,6 +86,7 @@ def evaluate(
     templates: Templates,
     namespace: str | None,
     namespace_labels: Mapping[str, str],
+    revision: str = names.DEFAULT_REVISION,
 ) -> Iterator[Result]:
     """Run the engine on every workload's pod template, as the webhook would on its pods."""
     for workload in find_workloads(documents):
@@ -89,6 +99,7 @@ def evaluate(
             templates=templates,
             namespace_labels=namespace_labels,
             owner_kind=workload.kind,
+            revision=revision,
         )
         if (
             outcome.decision.reason == "not_selected"
@@ -130,6 +141,13 @@ def shared_options(command: Any) -> Any:
                 help="Labels of that namespace, to simulate a labelled one: "
                 f"{names.LABEL_INJECT}={names.LABEL_ENABLED}",
             ),
+            click.option(
+                "--revision",
+                default=names.DEFAULT_REVISION,
+                show_default=True,
+                help="Act as the injector of this revision (namespaces pick one with "
+                f"{names.LABEL_REV}).",
+            ),
         ]
     ):
         command = option(command)
@@ -145,7 +163,11 @@ def main() -> None:
 @main.command()
 @shared_options
 def inject(
-    path: str, policy_path: str | None, namespace: str | None, namespace_labels: str | None
+    path: str,
+    policy_path: str | None,
+    namespace: str | None,
+    namespace_labels: str | None,
+    revision: str,
 ) -> None:
     """Write the manifests with the cache injected into every selected pod template."""
     text = read_input(path)
@@ -160,7 +182,12 @@ def inject(
         fail(f"{path}: {err}")
     errors: list[str] = []
     for result in evaluate(
-        documents, policy=policy, templates=templates, namespace=namespace, namespace_labels=labels
+        documents,
+        policy=policy,
+        templates=templates,
+        namespace=namespace,
+        namespace_labels=labels,
+        revision=check_revision(revision),
     ):
         where = prefix(path, result.workload)
         for warning in result.outcome.warnings:
@@ -221,6 +248,7 @@ def explain_record(path: str, result: Result) -> dict[str, Any]:
         else "skipped",
         "reason": outcome.decision.reason,
         "message": outcome.decision.message,
+        "revision": revision_of(result),
         "warnings": outcome.warnings,
         "errors": error_lines(outcome.error) if outcome.error else [],
         "options": {},
@@ -234,10 +262,24 @@ def explain_record(path: str, result: Result) -> dict[str, Any]:
     return record
 
 
+def revision_of(result: Result) -> str | None:
+    """The revision that injects (or injected) the workload, from the patch's status."""
+    for op in result.outcome.patch:
+        if op["path"].endswith(names.ANNOTATION_STATUS.replace("/", "~1")):
+            return str(json.loads(op["value"]).get("revision"))
+        if op["path"] == "/metadata/annotations":
+            return str(json.loads(op["value"][names.ANNOTATION_STATUS]).get("revision"))
+    return None
+
+
 def explain_line(record: Mapping[str, Any]) -> str:
+    # The default revision goes unsaid in text (JSON always has it).
+    named = record.get("revision") not in (None, names.DEFAULT_REVISION)
+    revision = f" by revision {record['revision']}" if named else ""
     head = (
         f"{record['file']}: doc {record['doc']} ({record['workload']}, namespace "
-        f"{record['namespace']}): {record['result']} [{record['reason']}] {record['message']}"
+        f"{record['namespace']}): {record['result']}{revision} [{record['reason']}] "
+        f"{record['message']}"
     )
     if record["errors"]:
         head += ": " + "; ".join(record["errors"])
@@ -257,6 +299,7 @@ def explain(
     policy_path: str | None,
     namespace: str | None,
     namespace_labels: str | None,
+    revision: str,
     output: str,
 ) -> None:
     """Say, per workload, whether it would be injected, why, and each option's value and source.
@@ -281,6 +324,7 @@ def explain(
             templates=templates,
             namespace=namespace,
             namespace_labels=labels,
+            revision=check_revision(revision),
         )
     ]
     if output == "json":
@@ -376,6 +420,13 @@ def policy_summary(checked: Policy) -> str:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--revision",
+    default=names.DEFAULT_REVISION,
+    show_default=True,
+    help=f"This injector's revision, recorded in every status (namespaces pick one with "
+    f"{names.LABEL_REV}).",
+)
 def serve(
     *,
     host: str,
@@ -388,6 +439,7 @@ def serve(
     shutdown_timeout: int,
     body_timeout: float,
     log_level: str,
+    revision: str,
 ) -> None:
     """Serve the admission webhook over HTTPS (TLS 1.2+): POST /mutate, GET /healthz,
     /readyz, /metrics. Certificate and policy files are re-read when they change."""
@@ -401,6 +453,7 @@ def serve(
         policy=Path(policy_path) if policy_path else None,
         watch_interval=watch_interval,
         body_timeout=body_timeout,
+        revision=check_revision(revision),
     )
     try:
         runner.check(settings)

@@ -92,8 +92,10 @@ def inject_pod(
     templates: Templates,
     namespace_labels: Mapping[str, str] | None = None,
     owner_kind: str | None = None,
+    revision: str = names.DEFAULT_REVISION,
 ) -> Outcome:
-    """Decide, validate and build the patch for one pod (or pod template)."""
+    """Decide, validate and build the patch for one pod (or pod template), as the injector
+    of `revision` (recorded in the status annotation)."""
     decision = select_pod(
         pod,
         namespace=namespace,
@@ -101,6 +103,7 @@ def inject_pod(
         policy=policy,
         namespace_labels=namespace_labels,
         owner_kind=owner_kind,
+        revision=revision,
     )
     if not decision.inject:
         return Outcome(allowed=True, decision=decision)
@@ -165,6 +168,7 @@ def inject_pod(
         replaced={name: (group, index) for name, (group, index, _) in declared.items()},
         native=policy.model.native_sidecars,
         config_hash=configs.digest,
+        revision=revision,
     )
     return Outcome(
         allowed=True,

@@ -14,6 +14,10 @@ PREFIX = "cache-injector.io/"
 LABEL_INJECT = PREFIX + "inject"
 LABEL_ENABLED = "enabled"
 LABEL_DISABLED = "disabled"
+# A namespace label naming the injector revision that injects its pods (Istio's istio.io/rev);
+# `inject=enabled` on the namespace means the default revision and wins over it.
+LABEL_REV = PREFIX + "rev"
+DEFAULT_REVISION = "default"
 
 # Written by the injector.
 ANNOTATION_STATUS = PREFIX + "status"

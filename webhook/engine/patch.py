@@ -49,6 +49,7 @@ def build_patch(
     replaced: Mapping[str, tuple[str, int]],
     native: bool,
     config_hash: str,
+    revision: str = names.DEFAULT_REVISION,
 ) -> list[Op]:
     """The ops, in an order that applies cleanly: removals (highest index first), then adds.
 
@@ -84,6 +85,7 @@ def build_patch(
         "containers": [c["name"] for c in containers],
         "volumes": [v["name"] for v in new_volumes],
         "configHash": config_hash,
+        "revision": revision,
         "annotations": sorted([*annotations, names.ANNOTATION_STATUS]),
     }
     evict_value = None
