@@ -39,7 +39,7 @@ REASONS: dict[str, str] = {
     "namespace_excluded": "namespace {namespace} is excluded (system namespace or the "
     "policy's excludeNamespaces)",
     "label_disabled": "the pod is labelled {label}=disabled",
-    "other_revision": "namespace {namespace} picks injector revision {wanted}; this is "
+    "other_revision": "namespace {namespace} picks injector revision \"{wanted}\"; this is "
     "revision {revision}",
     "not_selected": "neither the pod template nor namespace {namespace} is labelled "
     "{label}=enabled",
@@ -90,11 +90,12 @@ def is_injected(pod: Mapping[str, Any]) -> bool:
 
 
 def namespace_revision(namespace_labels: Mapping[str, str] | None) -> str:
-    """The revision a namespace's pods belong to: inject=enabled means the default one."""
+    """The revision a namespace's pods belong to: inject=enabled means the default one; a rev
+    label, even empty (then no injector's), names it, as the webhook configurations do."""
     labels = namespace_labels or {}
     if labels.get(names.LABEL_INJECT) == names.LABEL_ENABLED:
         return names.DEFAULT_REVISION
-    return labels.get(names.LABEL_REV) or names.DEFAULT_REVISION
+    return labels.get(names.LABEL_REV, names.DEFAULT_REVISION)
 
 
 def has_host_network(pod: Mapping[str, Any]) -> bool:
