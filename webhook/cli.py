@@ -631,6 +631,13 @@ def purge_table(results: Any) -> str:
 @click.option(
     "--policy", "policy_path", help="The cluster policy the injector runs (default: embedded)."
 )
+@click.option(
+    "--revision",
+    default=names.DEFAULT_REVISION,
+    show_default=True,
+    help="The injector revision the policy belongs to; other revisions' pods are left to "
+    "their own audit (but a pod of a revision no longer installed is reported).",
+)
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @click.option("--restart", is_flag=True, help="Roll the owners of the pods found (restartedAt).")
 @click.option("--max-restarts", default=1, show_default=True, type=click.IntRange(1, 50),
@@ -643,6 +650,7 @@ def audit(
     context: str | None,
     namespace: str | None,
     policy_path: str | None,
+    revision: str,
     output: str,
     restart: bool,
     max_restarts: int,
@@ -662,11 +670,21 @@ def audit(
     try:
         cluster = kube.connect(kubeconfig, context)
         labels = auditing.namespace_labels(cluster, namespace)
+        installed: frozenset[str] | None = None
+        try:
+            installed = auditing.installed_revisions(cluster) or None
+            if installed is None:
+                click.echo(f"warning: no MutatingWebhookConfiguration labelled {names.LABEL_REV}"
+                           "; pods of removed revisions are not looked for", err=True)  # fmt: skip
+        except kube.ClusterError as err:
+            click.echo(f"warning: {err}; pods of removed revisions are not looked for", err=True)
         findings, seen = auditing.audit(
             kube.list_pods(cluster, namespace, None),
             namespaces=labels,
             policy=checked_policy,
             templates=templates,
+            revision=check_revision(revision),
+            revisions=installed,
         )
     except kube.ClusterError as err:
         fail(str(err))
@@ -679,8 +697,8 @@ def audit(
         click.echo(json.dumps({"pods": seen, "findings": auditing.as_json(findings),
                                "restarts": auditing.as_json(restarts)}, indent=2))  # fmt: skip
     else:
-        rows = [("NAMESPACE", "OWNER", "POD", "FINDING", "REASON")]
-        rows += [(f.namespace, f.owner, f.pod, f.kind, f.reason) for f in findings]
+        rows = [("NAMESPACE", "OWNER", "POD", "REVISION", "FINDING", "REASON")]
+        rows += [(f.namespace, f.owner, f.pod, f.revision, f.kind, f.reason) for f in findings]
         click.echo(table(rows))
         kinds = sorted({f.kind for f in findings})
         counts = ", ".join(f"{sum(f.kind == k for f in findings)} {k}" for k in kinds)

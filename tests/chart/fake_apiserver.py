@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 _PATH = re.compile(
-    r"^/(?:api/v1|apis/(?P<group>[a-z.]+)/v1)"
+    r"^/(?:api/v1|apis/(?P<group>[a-z0-9.]+)/v1)"
     r"(?:/namespaces/(?P<namespace>[^/]+))?/(?P<resource>[a-z]+)"
     r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>proxy)(?P<rest>/.*)?)?$"
 )
@@ -54,6 +54,7 @@ KINDS = {
     "daemonsets": "DaemonSet",
     "pods": "Pod",
     "namespaces": "Namespace",
+    "mutatingwebhookconfigurations": "MutatingWebhookConfiguration",
 }
 
 # (namespace, pod name, port, method, path, headers) -> (status, reason, body)

@@ -65,3 +65,21 @@ def pod(
     if phase == "Running":
         manifest["status"]["podIP"] = ip
     return manifest
+
+
+def inject_as(manifest: dict[str, Any], revision: str, labels: dict[str, str]) -> dict[str, Any]:
+    """An uninjected pod injected by the injector of `revision` (namespace labels given)."""
+    status = manifest.pop("status")
+    outcome = inject_pod(
+        manifest,
+        namespace=manifest["metadata"]["namespace"],
+        operation="CREATE",
+        policy=default_policy(),
+        templates=load_templates(),
+        namespace_labels=labels,
+        revision=revision,
+    )
+    assert outcome.injected, outcome.decision
+    injected = jsonpatch.apply_patch(manifest, copy.deepcopy(outcome.patch))
+    injected["status"] = status
+    return injected

@@ -134,7 +134,7 @@ def test_table_and_a_clean_namespace(api: FakeApiServer, tmp_path: Path) -> None
     print(result.stdout)
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NAMESPACE", "OWNER", "POD", "FINDING", "REASON"]
+    assert lines[0].split() == ["NAMESPACE", "OWNER", "POD", "REVISION", "FINDING", "REASON"]
     assert (
         "8 pods audited, 6 findings (1 missing, 3 stale, 1 unreadable, 1 unselected)" in lines[-1]
     )
@@ -198,3 +198,60 @@ def test_restart_rolls_owners_one_batch_at_a_time(api: FakeApiServer, tmp_path: 
     order = sorted(rolled, key=lambda r: r[1])
     assert order[2][1] >= max(order[0][2], order[1][2])
     assert order[3][1] >= max(order[0][2], order[1][2])
+
+
+def mwc(revision: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {
+            "name": f"ci-{revision}",
+            "namespace": "",
+            "labels": {names.LABEL_REV: revision},
+        },
+        "webhooks": [],
+    }
+
+
+def test_revisions(tmp_path: Path) -> None:
+    """beta picks canary, gamma picks a revision that is not installed."""
+    server = FakeApiServer()
+    server.add(namespace("shop", {names.LABEL_INJECT: "enabled"}))
+    server.add(namespace("beta", {names.LABEL_REV: "canary"}))
+    server.add(namespace("gamma", {names.LABEL_REV: "gone"}))
+    server.add(mwc("default"))
+    server.add(mwc("canary"))
+    retired = pod("retired")
+    status = json.loads(retired["metadata"]["annotations"][names.ANNOTATION_STATUS])
+    status["revision"] = "old"
+    retired["metadata"]["annotations"][names.ANNOTATION_STATUS] = json.dumps(status)
+    server.add(retired)
+    server.add(pod("by-default", namespace="beta"))  # injected by default, beta moved to canary
+    canary = pod("by-canary", namespace="beta", injected=False)
+    from tests.cluster.pods import inject_as  # noqa: PLC0415
+
+    server.add(inject_as(canary, "canary", {names.LABEL_REV: "canary"}))
+    server.add(pod("unserved", namespace="gamma", injected=False))
+    with server.running():
+        result = run(server, tmp_path, "-o", "json")
+        as_canary = run(server, tmp_path, "-o", "json", "--revision", "canary")
+        server.forbidden.add(("list", "mutatingwebhookconfigurations"))
+        blind = run(server, tmp_path, "-o", "json")
+    found = {f["pod"]: (f["kind"], f["revision"]) for f in json.loads(result.stdout)["findings"]}
+    assert found == {
+        "retired": ("orphaned", "old"),
+        "by-default": ("stale", "default"),
+        "unserved": ("missing", "gone"),
+    }, found
+    reasons = {f["pod"]: f["reason"] for f in json.loads(result.stdout)["findings"]}
+    assert "revision changed (default -> canary)" in reasons["by-default"]
+    # The canary's own audit finds its pod current.
+    canary_found = {f["pod"] for f in json.loads(as_canary.stdout)["findings"]}
+    assert "by-canary" not in canary_found
+    # Without the right to list webhook configurations: a warning, no orphan findings (the
+    # pod of the old revision is still stale: its namespace picks the default revision).
+    assert "cannot list resource" in blind.stderr
+    blind_found = {f["pod"]: f for f in json.loads(blind.stdout)["findings"]}
+    assert blind_found["retired"]["kind"] == "stale"
+    assert "revision changed (old -> default)" in blind_found["retired"]["reason"]
+    assert "unserved" not in blind_found

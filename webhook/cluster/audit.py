@@ -6,7 +6,11 @@ Owns: the findings, per pod, grouped by namespace and owner -
 - stale: injected, but the current injector and policy would inject something else: the
   injector version, the config digest (policy or annotations changed), or a sidecar image;
 - unselected: injected, but no longer selected (a restart takes the cache away);
-- unreadable: a status annotation that is not ours to read.
+- unreadable: a status annotation that is not ours to read;
+- revisions: a pod injected by another revision than its namespace now picks (stale: a
+  restart moves it), by a revision whose webhook configuration is gone (orphaned), or
+  selected for a revision that does not exist (missing). Pods of another existing revision
+  are that revision's audit's business.
 The expected injection is computed by the same engine the webhook runs, on the pod with our
 injection taken out again (engine.patch.uninject), so audit and webhook never disagree.
 And `--restart`: what `kubectl rollout restart` does (the pod template's restartedAt
@@ -30,6 +34,7 @@ from ..engine.inject import inject_pod
 from ..engine.patch import read_status, uninject
 from ..engine.policy import Policy
 from ..engine.render import Templates
+from ..engine.selection import namespace_revision, select_pod
 from . import kube
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
@@ -41,8 +46,9 @@ class Finding:
     namespace: str
     owner: str  # Kind/name of the controller to restart, or Pod/name
     pod: str
-    kind: str  # missing, stale, unselected, unreadable
+    kind: str  # missing, stale, unselected, unreadable, orphaned
     reason: str
+    revision: str = ""  # the pod's injector revision (recorded), or the one it should get
 
 
 def owner_of(pod: Mapping[str, Any]) -> tuple[str, str]:
@@ -101,8 +107,11 @@ def audit_pod(
     namespace_labels: Mapping[str, str],
     policy: Policy,
     templates: Templates,
+    revision: str = names.DEFAULT_REVISION,
+    revisions: frozenset[str] | None = None,
 ) -> Finding | None:
-    """The finding for one pod, or None when it is as the injector would make it now."""
+    """The finding for one pod, or None when it is as the injector of `revision` would make
+    it now. `revisions`: those installed (None: unknown, not checked)."""
     metadata = pod.get("metadata") or {}
     namespace = str(metadata.get("namespace") or "default")
     kind, name = owner_of(pod)
@@ -111,10 +120,38 @@ def audit_pod(
         status = read_status(pod)
     except ValueError as err:
         return Finding(*where, "unreadable", str(err))
+    wanted = namespace_revision(namespace_labels)
     pristine = copy.deepcopy(dict(pod))
     pristine.pop("status", None)
     if status is not None:
         uninject(pristine)
+
+    def selected_for(rev: str) -> bool:
+        return select_pod(
+            pristine,
+            namespace=namespace,
+            operation="CREATE",
+            policy=policy,
+            namespace_labels=namespace_labels,
+            owner_kind=kind,
+            revision=rev,
+        ).inject
+
+    have = str((status or {}).get("revision") or names.DEFAULT_REVISION)
+    if status is not None:
+        if revisions is not None and have not in revisions:
+            reason = f"injected by revision {have}, which no longer exists: restart"
+            return Finding(*where, "orphaned", reason, have)
+        if have != wanted and selected_for(wanted):
+            reason = f"restart needed: revision changed ({have} -> {wanted})"
+            return Finding(*where, "stale", reason, have)
+    if wanted != revision:
+        missing = revisions is not None and wanted not in revisions
+        if status is None and missing and selected_for(wanted):
+            reason = f"namespace {namespace} picks revision {wanted}, which is not installed"
+            return Finding(*where, "missing", reason, wanted)
+        if status is None or have == wanted:
+            return None  # another revision's pod: its own audit looks at it
     outcome = inject_pod(
         pristine,
         namespace=namespace,
@@ -123,6 +160,7 @@ def audit_pod(
         templates=templates,
         namespace_labels=namespace_labels,
         owner_kind=kind,
+        revision=revision,
     )
     if status is None:
         if outcome.injected:
@@ -131,6 +169,7 @@ def audit_pod(
                 "missing",
                 f"selected ({outcome.decision.message}) but has no cache: created while the "
                 "webhook was unreachable or before the label; restart to inject",
+                revision,
             )
         return None
     if not outcome.injected:
@@ -139,6 +178,7 @@ def audit_pod(
             "unselected",
             f"injected, but would not be now: {outcome.decision.message}; a restart "
             "removes its cache",
+            have,
         )
     expected = _expected_status(outcome.patch)
     reasons = []
@@ -149,14 +189,14 @@ def audit_pod(
             f"config changed (digest {status.get('configHash')} -> {expected.get('configHash')}: "
             "policy or the pod's annotations)"
         )
-    have, want = _images(pod), _images_in_patch(outcome.patch)
+    running, want = _images(pod), _images_in_patch(outcome.patch)
     for container in sorted(want):
-        if have.get(container) != want[container]:
+        if running.get(container) != want[container]:
             reasons.append(
-                f"image changed ({container}: {have.get(container)} -> {want[container]})"
+                f"image changed ({container}: {running.get(container)} -> {want[container]})"
             )
     if reasons:
-        return Finding(*where, "stale", "restart needed: " + "; ".join(reasons))
+        return Finding(*where, "stale", "restart needed: " + "; ".join(reasons), have)
     return None
 
 
@@ -166,6 +206,8 @@ def audit(
     namespaces: Mapping[str, Mapping[str, str]],
     policy: Policy,
     templates: Templates,
+    revision: str = names.DEFAULT_REVISION,
+    revisions: frozenset[str] | None = None,
 ) -> tuple[list[Finding], int]:
     """Findings over every running or pending pod, and how many pods were looked at."""
     findings, seen = [], 0
@@ -181,6 +223,8 @@ def audit(
             namespace_labels=namespaces.get(namespace, {}),
             policy=policy,
             templates=templates,
+            revision=revision,
+            revisions=revisions,
         )
         if finding is not None:
             findings.append(finding)
@@ -193,6 +237,14 @@ def namespace_labels(cluster: kube.Cluster, only: str | None) -> dict[str, dict[
     return {
         str(item["metadata"]["name"]): dict(item["metadata"].get("labels") or {}) for item in items
     }
+
+
+def installed_revisions(cluster: kube.Cluster) -> frozenset[str]:
+    """The revisions whose webhook configuration exists (the chart labels each one)."""
+    return frozenset(
+        str(mwc["metadata"]["labels"][names.LABEL_REV])
+        for mwc in kube.list_webhook_configurations(cluster, names.LABEL_REV)
+    )
 
 
 # -- restarts ----------------------------------------------------------------------------------
@@ -288,7 +340,7 @@ def restart_owners(
     owners: list[tuple[str, str]] = []
     for finding in findings:
         key = (finding.namespace, finding.owner)
-        if finding.kind in ("missing", "stale", "unselected") and key not in owners:
+        if finding.kind in ("missing", "stale", "unselected", "orphaned") and key not in owners:
             owners.append(key)
     results: list[Restart] = []
     for start in range(0, len(owners), at_once):

@@ -38,6 +38,10 @@ class Cluster:
     def apps(self) -> client.AppsV1Api:
         return client.AppsV1Api(self.api)
 
+    @property
+    def admission(self) -> client.AdmissionregistrationV1Api:
+        return client.AdmissionregistrationV1Api(self.api)
+
 
 def connect(kubeconfig: str | None, context: str | None, pool_size: int = 10) -> Cluster:
     """The user's kubeconfig (KUBECONFIG, ~/.kube/config), else the in-cluster account."""
@@ -112,6 +116,15 @@ def list_pods(
             )
         ),
         f"list pods in namespace {namespace}" if namespace else "list pods in all namespaces",
+    )
+
+
+def list_webhook_configurations(cluster: Cluster, selector: str) -> Iterator[dict[str, Any]]:
+    yield from _pages(
+        lambda token: cluster.admission.list_mutating_webhook_configuration(
+            label_selector=selector, limit=LIST_PAGE, _continue=token, _preload_content=False
+        ),
+        "list mutatingwebhookconfigurations",
     )
 
 

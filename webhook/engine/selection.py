@@ -39,7 +39,7 @@ REASONS: dict[str, str] = {
     "namespace_excluded": "namespace {namespace} is excluded (system namespace or the "
     "policy's excludeNamespaces)",
     "label_disabled": "the pod is labelled {label}=disabled",
-    "other_revision": "namespace {namespace} picks injector revision \"{wanted}\"; this is "
+    "other_revision": 'namespace {namespace} picks injector revision "{wanted}"; this is '
     "revision {revision}",
     "not_selected": "neither the pod template nor namespace {namespace} is labelled "
     "{label}=enabled",
