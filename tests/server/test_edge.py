@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from webhook.engine import names
 from webhook.engine.errors import ImageOverrideNotAllowed
 from webhook.engine.policy import default_policy
 from webhook.engine.render import load_templates
@@ -22,7 +23,7 @@ from .reviews import make_pod, pod_review
 
 @pytest.fixture
 def admission() -> Admission:
-    return Admission(default_policy(), load_templates())
+    return Admission(default_policy(), load_templates(), names.DEFAULT_REVISION)
 
 
 def internal_errors() -> float:

@@ -61,11 +61,12 @@ class Answer:
 class Admission:
     """The per-review path for one policy and set of templates."""
 
-    __slots__ = ("policy", "templates")
+    __slots__ = ("policy", "revision", "templates")
 
-    def __init__(self, policy: Policy, templates: Templates) -> None:
+    def __init__(self, policy: Policy, templates: Templates, revision: str) -> None:
         self.policy = policy
         self.templates = templates
+        self.revision = revision  # recorded in each injected pod's status
 
     def answer(self, body: bytes) -> Answer:
         """The answer to one /mutate request body."""
@@ -132,6 +133,7 @@ class Admission:
                 policy=self.policy,
                 templates=self.templates,
                 namespace_labels=None,
+                revision=self.revision,
             )
         except CacheInjectorError as err:
             return Outcome(allowed=False, decision=decide(False, "invalid"), error=err)

@@ -26,6 +26,7 @@ import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from ..engine import names
 from ..engine.errors import InvalidCertificate, InvalidPolicy, MalformedReview
 from ..engine.policy import Policy, default_policy, load_policy_text
 from ..engine.render import load_templates
@@ -59,6 +60,7 @@ class Settings:
     watch_interval: float = 1.0
     max_body_bytes: int = MAX_BODY_BYTES
     body_timeout: float = BODY_TIMEOUT_SECONDS
+    revision: str = names.DEFAULT_REVISION  # recorded in each injected pod's status
 
 
 def read_policy(path: Path | None) -> Policy:
@@ -113,7 +115,9 @@ class Runtime:
         policy_files = (settings.policy,) if settings.policy else ()
         # Taken before loading, so a change made during start-up is seen at the first poll.
         before = (signatures((settings.tls_cert, settings.tls_key)), signatures(policy_files))
-        self.admission = Admission(read_policy(settings.policy), load_templates())
+        self.admission = Admission(
+            read_policy(settings.policy), load_templates(), settings.revision
+        )
         self.certificate = ServingCertificate(settings.tls_cert, settings.tls_key)
         self.watches = [
             Watch(
@@ -147,7 +151,7 @@ class Runtime:
                 digest=old.digest,
             )
             return
-        self.admission = Admission(policy, self.admission.templates)
+        self.admission = Admission(policy, self.admission.templates, self.settings.revision)
         metrics.POLICY_RELOADS.labels(result="success").inc()
         logs.event(
             "policy reloaded",
@@ -213,6 +217,7 @@ class Runtime:
                 "expired": pair.not_after <= datetime.datetime.now(datetime.UTC),
             },
             "policy": {"source": policy.source, "digest": policy.digest},
+            "revision": self.settings.revision,
         }
 
 
