@@ -58,8 +58,9 @@ BROKEN = [
                  ['namespaces.shop.backend: "api:http": a port number with discovery dns-a'],
                  id="port-name-without-srv"),
     pytest.param({"resources": {"varnish": {"limits": {"memory": "256Mi"}}}},
-                 ['resources.varnish.limits.memory: "256Mi": at least 384Mi (cache-size 128Mi '
-                  "+ transientSize 64Mi + 128Mi workdir + 64Mi headroom)"], id="memory-rule"),
+                 ['resources.varnish.limits.memory: "256Mi": at least 869Mi (cache-size 128Mi '
+                  "+ transientSize 64Mi + 16Mi workdir + headroom (32Mi + 1152 bytes per 352 "
+                  "bytes of cache and Transient))"], id="memory-rule"),
     pytest.param({"resources": {"haproxy": {"requests": {"cpu": "fast"}}}},
                  ['resources.haproxy.requests.cpu: "fast": a Kubernetes quantity'],
                  id="bad-resource-quantity"),

@@ -373,13 +373,25 @@ def measure(gen_name: str, round_number: int, seconds: int, scratch: Path) -> Ru
     return run
 
 
+def client_requests(env: PodEnv) -> int:
+    """Varnish's own count of client requests (MAIN.client_req)."""
+    state = env.runner.states["cache-varnish"]
+    program = Path(env.gen.varnish.path).parents[1] / "bin" / "varnishstat"
+    done = subprocess.run(
+        ["nsenter", f"--target={state.main_pid}", "--mount", "--pid", "--", str(program),
+         "-n", "/var/lib/varnish", "-1", "-f", "MAIN.client_req"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return int(done.stdout.split()[1])
+
+
 def log_reader(
     env: PodEnv, variant: str, program: str, url: str, seconds: int, scratch: Path
 ) -> dict[str, Any]:
     """varnishncsa or varnishlog attached to the pod's Varnish (in its mount and PID
     namespaces, as `kubectl exec` would) during a HIT load at 8 connections: how many of the
-    requests wrk made it logged, and whether it reported an overrun (the writer lapping it
-    in the shared-memory log)."""
+    requests Varnish counted (MAIN.client_req, probes included) it logged, and what it said
+    on stderr (an overrun: the writer lapped it in the shared-memory log)."""
     state = env.runner.states["cache-varnish"]
     binary = Path(env.gen.varnish.path).parents[1] / "bin" / program
     options = ["-F", "%U"] if program == "varnishncsa" else ["-g", "raw", "-i", "ReqURL"]
@@ -392,18 +404,27 @@ def log_reader(
         )  # fmt: skip
     try:
         time.sleep(1)  # attached before the load starts
+        before = client_requests(env)
         data = wrk(env, url, 8, seconds)
+        served = client_requests(env) - before
         time.sleep(1)  # the reader catches up with the last records
     finally:
         stop_group(reader)
-    logged = sum(1 for line in out.read_bytes().splitlines() if HIT_PATH.encode() in line)
+    # Every request between the two counter reads is logged after `before`: the first
+    # lines may precede it (the reader was attached earlier), so count only the HIT URL
+    # and the readiness probes varnishstat saw (there are no others).
+    lines = out.read_bytes().splitlines()
+    logged = sum(1 for line in lines if HIT_PATH.encode() in line)
+    probes = sum(1 for line in lines if b"/.cache/ready" in line)
     complaints = err.read_text(errors="replace").strip()
     return {
         "variant": variant,
         "reader": program,
-        "requests": data["requests"],
+        "served": served,
+        "wrk_requests": data["requests"],
         "logged": logged,
-        "lost": data["requests"] - logged,
+        "probes_logged": probes,
+        "lost": max(0, served - logged - probes),
         "requests_per_second": round(data["requests"] / (data["duration_us"] / 1e6), 1),
         "stderr": complaints[-300:],
     }
@@ -499,8 +520,8 @@ def table(runs: list[Run]) -> str:
             lines.append(f"haproxy {key:24} " + " / ".join(shown))
         for reader in mine[0].log_readers:
             shown = [
-                f"{x['logged']}/{x['requests']} logged, lost {x['lost']}"
-                + (f" ({x['stderr'][:60]!r})" if x["stderr"] else "")
+                f"{x['logged']} of {x['served']} logged ({x['requests_per_second']:.0f}/s), "
+                f"lost {x['lost']}" + (f" ({x['stderr'][:60]!r})" if x["stderr"] else "")
                 for r in mine
                 for x in r.log_readers
                 if (x["variant"], x["reader"]) == (reader["variant"], reader["reader"])

@@ -47,6 +47,8 @@ PORT_NAME_HTTP = "cache-http"
 PORT_NAME_METRICS = "cache-metrics"
 HAPROXY_LOCAL_PORT = 6090
 HAPROXY_METRICS_PORT = 6091
+# HAProxy's global maxconn: bounds its fd tables whatever RLIMIT_NOFILE the runtime gives.
+HAPROXY_MAXCONN = 4096
 
 # Paths inside the sidecars.
 HAPROXY_CONFIG_DIR = "/etc/cache-injector/haproxy"
