@@ -34,7 +34,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from typing import Any
 from bench.common import process_tree, stop_group, write_results
 from tests.e2e.clusterdns import PodRecord
 from tests.e2e.conftest import host_problem, sweep_stale_runs
-from tests.e2e.footprint import footprints
+from tests.e2e.footprint import footprints, haproxy_info
 from tests.e2e.harness import (
     BACKEND_PORT,
     LISTEN_PORT,
@@ -330,7 +329,7 @@ def measure(gen_name: str, round_number: int, seconds: int, scratch: Path) -> Ru
             "haproxy startupProbe s": round(states["cache-haproxy"].time_to_start or 0, 3),
             "varnish startupProbe s": round(varnish.time_to_start or 0, 3),
         }
-        run.haproxy_info = haproxy_info(injected)
+        run.haproxy_info = haproxy_info(injected.runner)
         plain, _ = start_pod(gen_name, "plain varnishd", scratch, stack)
         pods = {"injected": injected, "plain varnishd": plain}
         time.sleep(2)  # idle; each cache holds the two objects just checked
@@ -428,36 +427,6 @@ def log_reader(
         "requests_per_second": round(data["requests"] / (data["duration_us"] / 1e6), 1),
         "stderr": complaints[-300:],
     }
-
-
-def haproxy_info(env: PodEnv) -> dict[str, str]:
-    """HAProxy's own report of the limits it settled on (`show info` on the admin socket),
-    and the open-files limit it was started with."""
-    runner = env.runner
-    assert runner.pause is not None
-    state = runner.states["cache-haproxy"]
-    assert state.main_pid is not None
-    sock_path = (
-        f"/proc/{runner.pause.pid}/root{runner.workdir}/volumes/cache-haproxy-run/admin.sock"
-    )
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        sock.connect(sock_path)
-        sock.sendall(b"show info\n")
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    wanted = ("Ulimit-n", "Maxsock", "Maxconn", "Hard_maxconn", "Version")
-    info = {}
-    for line in b"".join(chunks).decode().splitlines():
-        key, _, value = line.partition(": ")
-        if key in wanted:
-            info[key] = value
-    limits = Path(f"/proc/{state.main_pid}/limits").read_text().splitlines()
-    info["RLIMIT_NOFILE at start"] = next(
-        " ".join(x.split()[3:5]) for x in limits if x.startswith("Max open files")
-    )
-    return info
 
 
 def poll_first_answer(env: PodEnv, found: dict[str, float]) -> None:

@@ -1,4 +1,5 @@
-"""What a memory cgroup would charge each container of a running pod, read from /proc.
+"""What a memory cgroup would charge each container of a running pod, read from /proc, and
+the limits HAProxy reports it settled on.
 
 Owns: the footprint measure of issue 13 - the PSS of every process of a container (its PID
 namespace: a page shared by N processes counts 1/N, as the cgroup charges it once) plus the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from pathlib import Path
 
 from tests.e2e.podrunner import ContainerState, PodRunner
@@ -79,3 +81,31 @@ def footprints(runner: PodRunner, containers: tuple[str, ...] | None = None) -> 
     out = {name: round(footprint(runner, name), 1) for name in names}
     out["total"] = round(sum(out.values()), 1)
     return out
+
+
+def haproxy_info(runner: PodRunner) -> dict[str, str]:
+    """HAProxy's own report of the limits it settled on (`show info` on its admin socket,
+    reached through the pause process's root) and the open-files limit it was started
+    with (RLIMIT_NOFILE of its PID 1, "soft hard")."""
+    assert runner.pause is not None
+    state = runner.states["cache-haproxy"]
+    assert state.main_pid is not None
+    volume = runner.workdir / "volumes" / "cache-haproxy-run"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(f"/proc/{runner.pause.pid}/root{volume}/admin.sock")
+        sock.sendall(b"show info\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    wanted = ("Ulimit-n", "Maxsock", "Maxconn", "Hard_maxconn", "Version")
+    info = {}
+    for line in b"".join(chunks).decode().splitlines():
+        key, _, value = line.partition(": ")
+        if key in wanted:
+            info[key] = value
+    limits = Path(f"/proc/{state.main_pid}/limits").read_text().splitlines()
+    info["RLIMIT_NOFILE at start"] = next(
+        " ".join(x.split()[3:5]) for x in limits if x.startswith("Max open files")
+    )
+    return info

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 
 CACHE_SIZE = "16Mi"
 CLIENTS = 4
-TURNOVERS = 3  # the cache replaced this many times over after it first filled
+TURNOVERS = 2  # the cache replaced this many times over after it first filled
 DEADLINE = 300  # seconds of streaming at most (a loaded machine streams slowly)
 SAMPLE_EVERY = 2.0
 
