@@ -11,12 +11,21 @@ for every variant), it measures:
 - idle memory with an empty cache: VmRSS of every process of each container (its PID
   namespace), split into anonymous, file and shared-memory pages, and what the Memory
   emptyDirs hold (tmpfs pages count toward a container's memory in Kubernetes, not RSS);
-- cache HITs (one object) with wrk at 1 and 8 connections, keep-alive: requests/s, p50,
-  p99 - through the injected pod and through a plain varnishd: the same rendered VCL and
-  arguments with the backend pointed straight at the backend pod, and no HAProxy container.
+  the footprint per container and in total, as a memory cgroup charges it: PSS of its
+  processes plus its Memory emptyDirs (tests/e2e/footprint.py), idle and after the load;
+- HAProxy's own report (`show info`) of the maxconn and fd limit it chose, and the
+  RLIMIT_NOFILE it started with (the highest this machine allows);
+- cache HITs (one object) with wrk: first 64 connections at once on each idle pod (threads
+  started on demand must not show as errors or a latency cliff), then, after a warm-up, at
+  1 and 8 connections, keep-alive: requests/s, p50, p99 - through the injected pod and
+  through a plain varnishd: the same rendered VCL and arguments less the injector's hasher,
+  thread and log settings (stock varnishd), with the backend pointed straight at the backend
+  pod, and no HAProxy container.
   Both pods run side by side and are measured in turn (the order alternates by round),
   after a warm-up: measured one after the other, the first pod started came out up to 15 %
   slower at 8 connections, and the same pod varied that much in its first runs;
+- varnishncsa and varnishlog attached to each pod during a HIT load at 8 connections: the
+  requests Varnish counted against the records the reader got (lost = overrun log);
 - MISS latency (an uncacheable URL, every request fetched) at 1 connection: Varnish ->
   HAProxy -> backend against Varnish -> backend; the difference is what HAProxy adds. Also
   the backend pod alone (wrk straight at it);
@@ -140,7 +149,7 @@ def plain_varnish(manifest: dict[str, Any]) -> None:
     notes["cache-injector.io/vcl"] = vcl
 
 
-MEMORY_PARAMETERS = ("vsl_space", "thread_pool_min", "thread_pools", "thread_queue_limit")
+MEMORY_PARAMETERS = ("vsl_space", "thread_pool_min")
 
 
 def stock_args(args: list[str]) -> list[str]:
