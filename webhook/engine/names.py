@@ -47,8 +47,9 @@ PORT_NAME_HTTP = "cache-http"
 PORT_NAME_METRICS = "cache-metrics"
 HAPROXY_LOCAL_PORT = 6090
 HAPROXY_METRICS_PORT = 6091
-# HAProxy's global maxconn: bounds its fd tables whatever RLIMIT_NOFILE the runtime gives.
-HAPROXY_MAXCONN = 4096
+# HAProxy's fd-hard-limit: bounds its fd tables (and maxconn, ~half of it) whatever
+# RLIMIT_NOFILE the runtime gives.
+HAPROXY_FD_HARD_LIMIT = 8192
 
 # Paths inside the sidecars.
 HAPROXY_CONFIG_DIR = "/etc/cache-injector/haproxy"
