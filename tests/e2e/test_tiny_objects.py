@@ -1,13 +1,16 @@
 """Scenario 15: a stream of unique tiny objects (cache-busting query strings) fills the cache
 and keeps evicting; cache-varnish must stay under 90 % of its memory limit and level off.
 
-Each object costs ~1 KB outside `-s malloc` for ~350-450 bytes inside, and with the critbit
-hasher evicted objects' objheads waited critbit_cooloff (180 s): the default pod reached
+Each object costs ~1 KB outside `-s malloc`, and with the critbit hasher evicted objects'
+objheads waited critbit_cooloff (180 s): the default pod fed unique ~1 KiB objects reached
 117 % of its limit in 120 s, still growing. The pod now uses the classic hasher (no
 cool-off: objheads go with their objects) and a limit whose headroom follows what the cache
-can hold. The stream runs until the cache has been replaced TURNOVERS times over (evictions
-counted by Varnish), which with no cool-off to wait for is what "long enough" means; the
-memory is sampled all along. A 16Mi cache (the smallest allowed) keeps that short.
+can hold. The stream (~1 KiB objects, as in that report: the body repeats the path) runs
+until the cache has been replaced TURNOVERS times over (evictions counted by Varnish), which
+with no cool-off to wait for is what "long enough" means; the memory is sampled all along.
+A 16Mi cache (the smallest allowed) keeps that short. The smallest objects (a few bytes of
+body, ~350 bytes stored: the worst case the limit is computed for) would need ~4x the
+requests; docs/policy.md ("Memory per pod") gives their measured figures.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ CLIENTS = 4
 TURNOVERS = 2  # the cache replaced this many times over after it first filled
 DEADLINE = 300  # seconds of streaming at most (a loaded machine streams slowly)
 SAMPLE_EVERY = 2.0
+# The backend's body is "<pod> <path>": a long path makes a ~1 KiB object; the query string
+# makes each URL unique (the backend counts requests per path, without the query).
+PATH = "/static/" + "x" * 960
 
 
 @dataclass
@@ -91,7 +97,7 @@ def tiny_objects(gen_name: str) -> TinyObjects:
                 if connection is None:
                     connection = http.client.HTTPConnection(POD_IP, LISTEN_PORT, timeout=10)
                 try:
-                    connection.request("GET", f"/static/tiny?{client}-{sent}")
+                    connection.request("GET", f"{PATH}?{client}-{sent}")
                     response = connection.getresponse()
                     response.read()
                     error = None if response.status == 200 else str(response.status)
