@@ -173,6 +173,11 @@ def _memory_section() -> list[str]:
         f"{policy.VARNISH_WORKDIR_SIZE // mib}Mi + {policy.VARNISH_BASE_MEMORY // mib}Mi "
         f"({request}Mi): what a full cache of ordinary objects uses.",
         "",
+        "Measured, the default pod fed unique ~350-byte objects (cache-busting query strings,",
+        "~3 k/s through the pod): 381 k objects filled the cache; cache-varnish levelled at",
+        "373 MiB with Varnish 7.1 (43 % of the limit) and reached 411 MiB after 300 s with 8.0",
+        "(47 %, still creeping ~0.2 MiB/s: glibc malloc fragments where 7.1's jemalloc does not).",
+        "",
     ]
 
 
