@@ -26,8 +26,8 @@ import pytest
 
 from tests.e2e.footprint import footprints
 from tests.e2e.harness import LISTEN_PORT, POD_IP, PodEnv, generation
-from tests.e2e.podrunner import parse_quantity
 from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+from webhook.engine.values import parse_size
 
 pytestmark = pytest.mark.e2e
 
@@ -89,7 +89,7 @@ def tiny_objects(gen_name: str) -> TinyObjects:
         varnish = next(
             c for c in env.manifest["spec"]["initContainers"] if c["name"] == "cache-varnish"
         )
-        limit = parse_quantity(varnish["resources"]["limits"]["memory"]) / 2**20
+        limit = parse_size(varnish["resources"]["limits"]["memory"]) / 2**20
         seen = TinyObjects(gen.label, limit)
         stop = threading.Event()
         lock = threading.Lock()
