@@ -333,6 +333,36 @@ def policy_summary(checked: Policy) -> str:
     help="Seconds in-flight reviews get to finish after SIGTERM.",
 )
 @click.option(
+    "--drain-seconds",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0, 300),
+    help="After SIGTERM: seconds to keep serving, not ready, closing each connection after "
+    "its next answer, before the graceful shutdown (0: none; SIGINT never drains).",
+)
+@click.option(
+    "--header-timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 60),
+    help="Seconds a client gets, from connecting or a request's first byte, to send all its "
+    "request headers; then the connection is closed.",
+)
+@click.option(
+    "--handshake-timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 60),
+    help="Seconds a client gets to complete its TLS handshake.",
+)
+@click.option(
+    "--max-connections",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(16, 1_000_000),
+    help="Connections per worker; beyond it the longest-waiting idle one is closed.",
+)
+@click.option(
     "--body-timeout",
     default=10.0,
     show_default=True,
@@ -355,6 +385,10 @@ def serve(
     workers: int,
     watch_interval: float,
     shutdown_timeout: int,
+    drain_seconds: float,
+    header_timeout: float,
+    handshake_timeout: float,
+    max_connections: int,
     body_timeout: float,
     log_level: str,
 ) -> None:
@@ -362,6 +396,7 @@ def serve(
     /readyz, /metrics. Certificate and policy files are re-read when they change."""
     # Imported here: uvicorn, FastAPI and prometheus would add ~0.25 s to every `inject`.
     from .serve import runner  # noqa: PLC0415
+    from .serve.guard import Guard  # noqa: PLC0415
     from .serve.server import Settings  # noqa: PLC0415
 
     settings = Settings(
@@ -385,6 +420,12 @@ def serve(
             workers=workers,
             shutdown_timeout=shutdown_timeout,
             log_level=log_level.upper(),
+            limits=Guard(
+                handshake_timeout=handshake_timeout,
+                header_timeout=header_timeout,
+                max_connections=max_connections,
+                drain_seconds=drain_seconds,
+            ),
         )
     )
 

@@ -33,7 +33,7 @@ from ..engine.inject import Outcome, inject_pod
 from ..engine.policy import Policy, default_policy, load_policy_text
 from ..engine.render import Templates, load_templates
 from ..engine.selection import decide
-from . import logs, metrics
+from . import guard, logs, metrics
 from .certs import ServingCertificate
 from .review import (
     Result,
@@ -422,9 +422,10 @@ def build_app(runtime: Runtime) -> Webhook:
 
     @api.get("/readyz")
     async def readyz() -> Response:
-        """Ready once the certificate and policy are loaded (and the certificate is valid)."""
+        """Ready once the certificate and policy are loaded (and the certificate is valid);
+        not ready while draining after SIGTERM, so endpoints drop the pod."""
         status = runtime.status()
-        ready = not status["certificate"]["expired"]
+        ready = not status["certificate"]["expired"] and not guard.draining()
         return Response(
             orjson.dumps({"ready": ready, **status}),
             status_code=200 if ready else 503,
