@@ -34,7 +34,11 @@ async def slow(
         async with gate:  # handshakes in progress at once
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
-                    "127.0.0.1", port, ssl=context, server_hostname="flood", ssl_handshake_timeout=30
+                    "127.0.0.1",
+                    port,
+                    ssl=context,
+                    server_hostname="flood",
+                    ssl_handshake_timeout=30,
                 ),
                 timeout=30,
             )
@@ -74,7 +78,9 @@ async def bare(port: int, closes: list[float], end: float) -> None:
         writer.transport.abort()
 
 
-async def main(port: int, count: int, rate: int, seconds: float, bare_count: int, deadline: float) -> None:
+async def main(
+    port: int, count: int, rate: int, seconds: float, bare_count: int, deadline: float
+) -> None:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

@@ -140,7 +140,9 @@ class ReviewClient(threading.Thread):
                 self.tally.by_port[self.port] = self.tally.by_port.get(self.port, 0) + 1
                 self.tally.closed_by_server += closing
             else:
-                self.tally.failures.append(f"port {self.port}: HTTP {answer.status}: {content[:200]!r}")
+                self.tally.failures.append(
+                    f"port {self.port}: HTTP {answer.status}: {content[:200]!r}"
+                )
 
     def run(self) -> None:
         sent = 0

@@ -90,7 +90,7 @@ class ServingConfig(uvicorn.Config):
         return new_loop
 
 
-class HandshakeBoundedLoop(uvloop.Loop):  # type: ignore[misc]  # uvloop.Loop is untyped
+class HandshakeBoundedLoop(uvloop.Loop):
     """uvloop, but every TLS server it starts drops a client whose handshake is too slow
     (uvicorn passes no ssl_handshake_timeout, so asyncio's 60 s applied)."""
 
