@@ -176,6 +176,32 @@ def inject(
     sys.stdout.write("".join(dump_document(document) for document in documents))
 
 
+def injected_images(outcome: Outcome) -> dict[str, Any]:
+    """The sidecar images a pod would get (with imagePullPolicy) and its imagePullSecrets after
+    injection, read from the patch itself: what the kubelet would pull."""
+    containers: list[Mapping[str, Any]] = []
+    secrets: list[str] = []
+    for op in outcome.patch:
+        value, where = op.get("value"), str(op.get("path", ""))
+        items = value if isinstance(value, list) else [value]
+        if where.startswith(("/spec/initContainers", "/spec/containers")):
+            containers += [item for item in items if isinstance(item, dict)]
+        elif where.startswith("/spec/imagePullSecrets"):
+            secrets += [str(item["name"]) for item in items if isinstance(item, dict)]
+    return {
+        "containers": [
+            {
+                "name": container["name"],
+                "image": container.get("image"),
+                "imagePullPolicy": container.get("imagePullPolicy", "(Kubernetes default)"),
+            }
+            for container in containers
+            if container.get("name") in names.CONTAINERS
+        ],
+        "addedImagePullSecrets": secrets,
+    }
+
+
 def explain_record(path: str, result: Result) -> dict[str, Any]:
     outcome = result.outcome
     record: dict[str, Any] = {
@@ -194,6 +220,8 @@ def explain_record(path: str, result: Result) -> dict[str, Any]:
         "errors": error_lines(outcome.error) if outcome.error else [],
         "options": {},
     }
+    if outcome.injected:
+        record["images"] = injected_images(outcome)
     if outcome.options is not None:
         for spec in names.OPTIONS:
             record["options"][spec.suffix] = {
@@ -216,6 +244,16 @@ def explain_line(record: Mapping[str, Any]) -> str:
             for key, item in record["options"].items()
         )
     return head
+
+
+def images_line(images: Mapping[str, Any]) -> str:
+    line = "images: " + ", ".join(
+        f"{item['name']}={item['image']} (pull {item['imagePullPolicy']})"
+        for item in images["containers"]
+    )
+    if images["addedImagePullSecrets"]:
+        line += "; imagePullSecrets added: " + ", ".join(images["addedImagePullSecrets"])
+    return line
 
 
 @main.command()
@@ -257,6 +295,8 @@ def explain(
     else:
         for record in records:
             click.echo(explain_line(record))
+            if "images" in record:
+                click.echo(f"    {images_line(record['images'])}")
             for warning in record["warnings"]:
                 click.echo(f"    warning: {warning}")
         if not records:

@@ -166,6 +166,7 @@ def inject_pod(
         annotations=written,
         replaced={name: (group, index) for name, (group, index, _) in declared.items()},
         native=policy.model.native_sidecars,
+        pull_secrets=policy.model.images.pull_secrets,
     )
     return Outcome(
         allowed=True,

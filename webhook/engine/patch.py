@@ -57,6 +57,24 @@ def _merged_evict_volumes(metadata: Mapping[str, Any], ours: Sequence[str]) -> s
     return ",".join(listed + [v for v in ours if v not in listed])
 
 
+def _pull_secret_ops(spec: Mapping[str, Any], wanted: Sequence[str]) -> list[Op]:
+    """Ours after the pod's own, in the policy's order; a name the pod lists is not repeated
+    and the pod's entries are never moved (the kubelet tries them in order)."""
+    existing = spec.get("imagePullSecrets")
+    if not wanted:
+        return []
+    if not isinstance(existing, list):
+        return [
+            {"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": n} for n in wanted]}
+        ]
+    listed = {entry.get("name") for entry in existing if isinstance(entry, dict)}
+    return [
+        {"op": "add", "path": "/spec/imagePullSecrets/-", "value": {"name": name}}
+        for name in wanted
+        if name not in listed
+    ]
+
+
 def build_patch(
     pod: Mapping[str, Any],
     *,
@@ -65,10 +83,12 @@ def build_patch(
     annotations: Mapping[str, str],
     replaced: Mapping[str, tuple[str, int]],
     native: bool,
+    pull_secrets: Sequence[str] = (),
 ) -> list[Op]:
     """The ops, in an order that applies cleanly: removals (highest index first), then adds.
 
-    `replaced` names user-declared containers (group, index) that `containers` supersede.
+    `replaced` names user-declared containers (group, index) that `containers` supersede;
+    `pull_secrets` are appended to the pod's imagePullSecrets unless already there.
     """
     spec: Mapping[str, Any] = pod.get("spec") or {}
     metadata: Mapping[str, Any] = pod.get("metadata") or {}
@@ -107,6 +127,7 @@ def build_patch(
     else:
         ops += [{"op": "add", "path": "/spec/containers/-", "value": dict(c)} for c in containers]
 
+    ops += _pull_secret_ops(spec, pull_secrets)
     if new_volumes:
         if isinstance(spec.get("volumes"), list):
             ops += [{"op": "add", "path": "/spec/volumes/-", "value": dict(v)} for v in new_volumes]

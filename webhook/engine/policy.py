@@ -88,10 +88,29 @@ NamespacePolicy: type[BaseModel] = create_model(
 
 
 class Images(StrictModel):
-    """Sidecar images; both must run the `haproxy` and `varnishd` programs from PATH."""
+    """Sidecar images; both must run the `haproxy` and `varnishd` programs from PATH. A mirror
+    or private registry goes in the reference (registry.example/mirror/haproxy:3.4), pinned by
+    digest if wanted (NAME@sha256:<64 hex>, or NAME:TAG@sha256:<64 hex>)."""
 
-    haproxy: StrictStr = Field(DEFAULT_IMAGES["haproxy"], description="Image of cache-haproxy.")
-    varnish: StrictStr = Field(DEFAULT_IMAGES["varnish"], description="Image of cache-varnish.")
+    haproxy: StrictStr = Field(
+        DEFAULT_IMAGES["haproxy"],
+        description="Image of cache-haproxy: [REGISTRY[:PORT]/]PATH[:TAG][@sha256:<64 hex>].",
+    )
+    varnish: StrictStr = Field(
+        DEFAULT_IMAGES["varnish"],
+        description="Image of cache-varnish: [REGISTRY[:PORT]/]PATH[:TAG][@sha256:<64 hex>].",
+    )
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None,
+        description="imagePullPolicy of both sidecars; null leaves Kubernetes' default "
+        "(Always for :latest or no tag, else IfNotPresent).",
+    )
+    pull_secrets: list[StrictStr] = Field(
+        default_factory=list,
+        description="Secret names added to every injected pod's imagePullSecrets, after the "
+        "pod's own (none duplicated, their order kept). Like the pod's own, each must exist in "
+        "the pod's namespace.",
+    )
 
 
 class ResourceList(StrictModel):
@@ -148,8 +167,9 @@ class PolicyModel(StrictModel):
     cluster_domain: StrictStr = Field("cluster.local", description="Cluster DNS domain.")
     native_sidecars: StrictBool = Field(
         True,
-        description="true: sidecars are native (initContainers, restartPolicy Always; "
-        "Kubernetes 1.29+). false: appended to containers, and Job pods are not injected.",
+        description="true: sidecars are native (initContainers, restartPolicy Always, "
+        "preStop sleep action; Kubernetes 1.30+). false: appended to containers (preStop "
+        "exec sleep; Kubernetes 1.28+), and Job pods are not injected.",
     )
     images: Images = Field(default_factory=Images, description="Sidecar images (see Images below).")
     allow_image_override: StrictBool = Field(
@@ -315,10 +335,19 @@ def _check_semantics(model: PolicyModel) -> list[str]:
     for index, namespace in enumerate(model.exclude_namespaces):
         if not values.DNS_LABEL.match(namespace):
             problems.append(f"excludeNamespaces.{index}: {json.dumps(namespace)}: a namespace name")
+    for index, secret in enumerate(model.images.pull_secrets):
+        if not values.DNS_SUBDOMAIN.match(secret) or len(secret) > 253:
+            problems.append(
+                f"images.pullSecrets.{index}: {json.dumps(secret)}: a Secret name (a DNS "
+                "subdomain: lowercase letters, digits, '-' and '.')"
+            )
+        elif secret in model.images.pull_secrets[:index]:
+            problems.append(f"images.pullSecrets.{index}: {json.dumps(secret)}: listed twice")
     for which in ("haproxy", "varnish"):
         image = getattr(model.images, which)
-        if not image or any(char.isspace() for char in image):
-            problems.append(f"images.{which}: {json.dumps(image)}: an image reference")
+        image_problem = values.image_problem(image)
+        if image_problem:
+            problems.append(f"images.{which}: {json.dumps(image)}: {image_problem}")
         sidecar = getattr(model.resources, which)
         for kind in ("requests", "limits"):
             for resource in ("cpu", "memory", "ephemeral_storage"):
