@@ -57,7 +57,7 @@ def image_problem(text: str) -> str | None:
     """What is wrong with an image reference, or None when it is one."""
     if IMAGE_REFERENCE.match(text) and len(text) <= 1024:
         return None
-    name, at, digest = text.partition("@")
+    _, at, digest = text.partition("@")
     if at and not IMAGE_DIGEST.search(text):
         return (
             f"the digest {json.dumps(digest)} is not sha256: followed by 64 lowercase hex digits "
