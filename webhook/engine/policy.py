@@ -7,6 +7,7 @@ that the hot path reads. Does not: read files or watch them (the server and CLI 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -454,6 +455,15 @@ def build_policy(data: Any, source: str = "policy") -> Policy:
     if problems:
         raise InvalidPolicy(problems, source)
     return policy
+
+
+def with_sticky_session_secret(policy: Policy, secret: str) -> Policy:
+    """The policy with stickySessionSecret replaced (the chart keeps it in a Secret, out of
+    the policy ConfigMap; `serve` reads it from the environment)."""
+    model = policy.model.model_copy(update={"sticky_session_secret": secret})
+    canonical = json.dumps(model.model_dump(mode="json", by_alias=True), sort_keys=True)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return dataclasses.replace(policy, model=model, digest=digest)
 
 
 def load_policy_text(text: str, source: str = "policy") -> Policy:
