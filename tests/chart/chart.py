@@ -19,12 +19,12 @@ from typing import Any
 
 import helm_python
 import jsonschema
-from helm_python import _native
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from helm_python import _native
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "cache-injector"
