@@ -208,8 +208,11 @@ class PolicyModel(StrictModel):
     )
     sticky_session_secret: StrictStr = Field(
         "",
-        description="Mixed into HAProxy's dynamic-cookie-key (with the backend FQDN), so "
-        "sticky cookies cannot be forged from a pod IP. Same in every replica.",
+        description="Mixed into HAProxy's dynamic-cookie-key: sha256(secret + NUL + backend "
+        "FQDN), the same in every replica. Empty: anyone can compute a Service's key. The chart "
+        "generates one and keeps it in a Secret (serve reads it from "
+        "CACHE_INJECTOR_STICKY_SESSION_SECRET, which wins over this field); see docs/fleet.md "
+        "for what the key in a pod's annotation does and does not allow.",
     )
     run_as_user: RunAsUser = Field(
         default_factory=RunAsUser,

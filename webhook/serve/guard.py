@@ -34,8 +34,8 @@ from . import logs
 HANDSHAKE_TIMEOUT_SECONDS = 5.0
 # From a connection's handshake (or the first byte of a request) to its last header line.
 HEADER_TIMEOUT_SECONDS = 5.0
-# Connections a worker keeps before it closes the longest-waiting idle one (each TLS
-# connection costs ~40 KiB: bench/README.md).
+# Connections a worker keeps before it closes the longest-waiting idle one (an open TLS
+# connection costs ~20 KiB: ~2,000 added 34-40 MiB over two workers, test_slow_clients.py).
 MAX_CONNECTIONS = 1024
 # Requests in handling per worker beyond which the answer is 503: bounds memory, since each
 # may hold a body of up to 8 MiB. The API server needs a handful.
