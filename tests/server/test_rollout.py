@@ -17,7 +17,7 @@ from .support import Client, Server, start_server, wait_for
 from .traffic import Endpoints, ReviewClient, Tally
 
 CLIENTS = 4
-# Each client also dials anew every third review, as the API server opens new connections.
+# Most clients also dial anew every third review, as the API server opens new connections.
 # How often the "endpoints controller" probes /readyz (the kubelet's readiness period plus the
 # endpoints update, compressed).
 PROBE_PERIOD = 0.2
@@ -53,8 +53,15 @@ def roll(tmp_path: Path, pki: Pki, test_policy: Path, drain: str) -> tuple[Tally
     tally, stop = Tally(), threading.Event()
     clients = [
         ReviewClient(endpoints, pki.ca, tally, stop, timeout=REVIEW_TIMEOUT, redial_every=3)
-        for _ in range(CLIENTS)
+        for _ in range(CLIENTS - 1)
     ]
+    # And one that keeps its connection to the first server until told to close it, as the
+    # API server keeps its keep-alive connections: it is on the stopping server at SIGTERM.
+    clients.append(
+        ReviewClient(
+            endpoints, pki.ca, tally, stop, timeout=REVIEW_TIMEOUT, first_port=servers[0].port
+        )
+    )
 
     def controller() -> None:
         while not stop.is_set():

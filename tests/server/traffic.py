@@ -84,6 +84,7 @@ class ReviewClient(threading.Thread):
         timeout: float,
         redial_every: int = 0,
         limit: int = 100_000,
+        first_port: int | None = None,
     ) -> None:
         super().__init__(daemon=True)
         self.endpoints, self.tally, self.stop = endpoints, tally, stop
@@ -91,9 +92,10 @@ class ReviewClient(threading.Thread):
         self.timeout, self.redial_every, self.limit = timeout, redial_every, limit
         self.connection: http.client.HTTPConnection | None = None
         self.port = 0
+        self.first_port = first_port  # the first dial goes there (a connection made earlier)
 
     def dial(self) -> http.client.HTTPConnection:
-        self.port = self.endpoints.pick()
+        self.port, self.first_port = self.first_port or self.endpoints.pick(), None
         raw = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
         try:
             tls = self.context.wrap_socket(raw, server_hostname=SERVICE_DNS)
