@@ -338,7 +338,9 @@ def policy_summary(checked: Policy) -> str:
         [
             f"  clusterDomain: {model.cluster_domain}",
             f"  sidecars: {sidecars}",
-            f"  images: {model.images.haproxy}, {model.images.varnish} ({pinned})",
+            f"  images: {model.images.haproxy}, {model.images.varnish} ({pinned}; "
+            f"imagePullPolicy {model.images.pull_policy or 'Kubernetes default'}; "
+            f"imagePullSecrets added: {', '.join(model.images.pull_secrets) or 'none'})",
             f"  defaults: {defaults}",
             f"  limits: cache-size <= {limits.max_cache_size}, "
             f"max-backends <= {limits.max_backends}",
