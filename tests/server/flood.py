@@ -101,6 +101,9 @@ async def main(
             tasks.append(asyncio.create_task(slow(port, context, gate, closes, failed, end)))
             streamed += 1
         await asyncio.sleep(0.05)
+    for _ in range(int(rate * seconds) - streamed):  # a loop late at the end still sends all
+        tasks.append(asyncio.create_task(slow(port, context, gate, closes, failed, end)))
+        streamed += 1
     opened = count + streamed
     await asyncio.gather(*tasks)
     print(

@@ -92,13 +92,15 @@ class ServingConfig(uvicorn.Config):
 
 class HandshakeBoundedLoop(uvloop.Loop):
     """uvloop, but every TLS server it starts drops a client whose handshake is too slow
-    (uvicorn passes no ssl_handshake_timeout, so asyncio's 60 s applied)."""
+    (uvicorn passes no ssl_handshake_timeout, so asyncio's 60 s applied), and gives a closing
+    connection as long for the client's close_notify (instead of 30 s)."""
 
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS
 
     async def create_server(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("ssl") is not None:
             kwargs.setdefault("ssl_handshake_timeout", self.handshake_timeout)
+            kwargs.setdefault("ssl_shutdown_timeout", self.handshake_timeout)
         return await super().create_server(*args, **kwargs)
 
 
@@ -127,7 +129,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # other one is mid-request, the newcomer is refused.
             victim = next(iter(_WAITING))
             _WAITING.pop(victim)
-            victim.transport.close()
+            # abort, not close: a TLS close waits (up to the shutdown timeout) for the
+            # client's close_notify, which a client that never reads never sends.
+            victim.transport.abort()
             if victim is self:
                 break
             victim.connections.discard(victim)
@@ -148,8 +152,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _headers_too_slow(self) -> None:
         self.header_deadline = None
-        if not self.transport.is_closing():
-            self.transport.close()
+        self.transport.abort()  # no request to answer; see connection_made
 
     def data_received(self, data: bytes) -> None:
         if self.header_deadline is None and self in _WAITING:
