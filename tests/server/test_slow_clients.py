@@ -25,8 +25,9 @@ MAX_CONNECTIONS = 1024
 SLOW, RATE, FLOOD_SECONDS, BARE = 2000, 100, 8, 200
 # The chart's webhook.timeoutSeconds: the API server gives up on a review after this.
 WEBHOOK_TIMEOUT = 5.0
-# Slack for a loaded 2-core machine on top of each deadline.
-SLACK = 3.0
+# Slack for a loaded 2-core machine on top of each deadline (the event loop of the server,
+# and of the flood measuring it, lags while thousands of handshakes run).
+SLACK = 5.0
 CLIENTS = 4
 
 
@@ -126,17 +127,18 @@ def test_flood_of_slow_clients(tmp_path: Path, pki: Pki, test_policy: Path) -> N
         f"memory: baseline {baseline / 2**20:.0f} MiB, peak {sampler.peak / 2**20:.0f} MiB"
     )
     assert tally.failures == [], tally.failures[:5]
-    assert tally.answered >= 50
-    assert max(tally.latencies) < WEBHOOK_TIMEOUT
+    assert tally.answered >= 50, tally.summary()
+    assert max(tally.latencies) < WEBHOOK_TIMEOUT, tally.summary()
     # Every slow connection was closed by the server, within its deadline.
-    assert report["closed"] == report["opened"] - report["failed"]
-    assert report["opened"] == SLOW + RATE * FLOOD_SECONDS
-    assert report["max_close"] < HEADER_TIMEOUT + SLACK
-    assert report["bare_closed"] == BARE
-    assert report["bare_max_close"] < HANDSHAKE_TIMEOUT + SLACK
+    assert report["opened"] == SLOW + RATE * FLOOD_SECONDS, report
+    assert report["closed"] == report["opened"] - report["failed"], report
+    assert report["max_close"] < HEADER_TIMEOUT + SLACK, report
+    assert report["bare_closed"] == BARE, report
+    assert report["bare_max_close"] < HANDSHAKE_TIMEOUT + SLACK, report
     # Bounded: the connection cap and the deadlines keep the growth to a few MiB per
     # hundred connections (measured ~40 KiB each), far from the chart's 384Mi limit.
-    assert sampler.peak - baseline < 2 * MAX_CONNECTIONS * 100 * 1024
+    growth = sampler.peak - baseline
+    assert growth < 2 * MAX_CONNECTIONS * 100 * 1024, f"{growth / 2**20:.0f} MiB"
 
 
 def test_idle_keep_alive_connections_cannot_crowd_out_reviews(
