@@ -20,7 +20,8 @@ from .support import SERVICE_DNS, Server, client_context, start_server, wait_for
 from .traffic import Endpoints, ReviewClient, Tally
 
 HEADER_TIMEOUT = 2.0
-HANDSHAKE_TIMEOUT = 2.0
+# The handshake gets longer: on a loaded machine a real client's handshake must not miss it.
+HANDSHAKE_TIMEOUT = 4.0
 MAX_CONNECTIONS = 1024
 SLOW, RATE, FLOOD_SECONDS, BARE = 2000, 100, 8, 200
 # The chart's webhook.timeoutSeconds: the API server gives up on a review after this.
@@ -83,7 +84,7 @@ def test_flood_of_slow_clients(tmp_path: Path, pki: Pki, test_policy: Path) -> N
         for _ in range(CLIENTS)
     ]
     sampler = Sampler(server)
-    deadline = FLOOD_SECONDS + HEADER_TIMEOUT + 30
+    deadline = FLOOD_SECONDS + 40  # the flood ends by then, whatever the machine's load
     try:
         wait_for(lambda: len(server.events("started")) == 2, deadline=30, what="workers")
         baseline = tree_rss(server.process.pid)
@@ -131,6 +132,7 @@ def test_flood_of_slow_clients(tmp_path: Path, pki: Pki, test_policy: Path) -> N
     assert max(tally.latencies) < WEBHOOK_TIMEOUT, tally.summary()
     # Every slow connection was closed by the server, within its deadline.
     assert report["opened"] == SLOW + RATE * FLOOD_SECONDS, report
+    assert report["failed"] < report["opened"] // 10, report  # most of the flood got through
     assert report["closed"] == report["opened"] - report["failed"], report
     assert report["max_close"] < HEADER_TIMEOUT + SLACK, report
     assert report["bare_closed"] == BARE, report
