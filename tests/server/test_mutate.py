@@ -355,7 +355,7 @@ def test_chunked_body_over_cap_is_413(client: Client) -> None:
 
 
 def test_runs_on_uvloop_and_httptools(client: Client, server: Server) -> None:
-    """The pure-Python loop or parser would make p50 far worse (DESIGN.md "Server"); guard.py
+    """The pure-Python loop or parser would make p50 far worse (docs/design.md "Server"); guard.py
     subclasses uvloop's loop and uvicorn's httptools protocol (slow-client bounds)."""
     ready = client.get("/readyz").json()
     assert ready["loop"] == "webhook.serve.guard.HandshakeBoundedLoop"
