@@ -17,6 +17,7 @@ from webhook.cli import main
 from webhook.engine import names
 from webhook.engine.errors import InvalidPolicy
 from webhook.engine.inject import inject_pod
+from webhook.engine.patch import uninject
 from webhook.engine.policy import Policy
 from webhook.engine.render import Templates
 
@@ -181,3 +182,26 @@ def test_explain_shows_the_images_a_pod_would_get(tmp_path: Any) -> None:
     )
     assert f"cache-haproxy={MIRROR['haproxy']} (pull IfNotPresent)" in text.output
     assert "imagePullSecrets added: shared-cred" in text.output
+
+
+@pytest.mark.parametrize(
+    "own",
+    [
+        pytest.param(None, id="no-list"),
+        pytest.param([], id="empty-list"),
+        pytest.param(["own", "shared-cred"], id="one-shared"),
+    ],
+)
+def test_uninject_takes_out_exactly_the_pull_secrets_it_added(
+    own: list[str] | None, pod_factory: PodFactory, templates: Templates
+) -> None:
+    policy = policy_from({"images": MIRROR})
+    pod = pod_factory(
+        spec={} if own is None else {"imagePullSecrets": [{"name": name} for name in own]}
+    )
+    after = injected(pod, policy, templates)
+    removed = uninject(after)
+    assert after == pod
+    assert [line for line in removed if line.startswith("imagePullSecrets/")] == [
+        f"imagePullSecrets/{name}" for name in MIRROR["pullSecrets"] if name not in (own or [])
+    ]

@@ -171,7 +171,9 @@ def test_user_declared_container_is_completed_not_duplicated(
     )
     result = injected_pod(pod, policy, templates)
     varnish = container(result, "cache-varnish")
-    assert varnish["env"] == [{"name": "TZ", "value": "UTC"}]
+    # Env merges by name (the user's wins): the invalidation token stays.
+    assert [e["name"] for e in varnish["env"]] == ["CACHE_INJECTOR_PURGE_TOKEN", "TZ"]
+    assert varnish["env"][1] == {"name": "TZ", "value": "UTC"}
     assert varnish["command"] == ["varnishd"]
     assert varnish in result["spec"]["initContainers"]
 

@@ -183,6 +183,20 @@ def build_varnish(options: Options, policy: Policy) -> JsonDict:
         "ports": [
             {"name": names.PORT_NAME_HTTP, "containerPort": options.listen_port, "protocol": "TCP"}
         ],
+        # The token for invalidation from outside the pod (default.vcl.j2), when the user
+        # created the Secret; unset otherwise, and the pod starts either way.
+        "env": [
+            {
+                "name": names.PURGE_TOKEN_ENV,
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": names.PURGE_SECRET,
+                        "key": names.PURGE_SECRET_KEY,
+                        "optional": True,
+                    }
+                },
+            }
+        ],
         "startupProbe": startup,
         "readinessProbe": readiness,
         "resources": _resources(model.resources.varnish, memory_floor=floor),
@@ -325,6 +339,10 @@ def merge_user_container(built: JsonDict, declared: Mapping[str, Any], policy: P
         )
     merged = dict(built)
     merged.update(declared)
+    if isinstance(declared.get("env"), list) and built.get("env"):
+        # Env is merged by name (the user's wins), so the invalidation token stays.
+        mine = {e.get("name") for e in declared["env"] if isinstance(e, dict)}
+        merged["env"] = [e for e in built["env"] if e["name"] not in mine] + declared["env"]
     return merged
 
 

@@ -14,6 +14,10 @@ PREFIX = "cache-injector.io/"
 LABEL_INJECT = PREFIX + "inject"
 LABEL_ENABLED = "enabled"
 LABEL_DISABLED = "disabled"
+# A namespace label naming the injector revision that injects its pods (Istio's istio.io/rev);
+# `inject=enabled` on the namespace means the default revision and wins over it.
+LABEL_REV = PREFIX + "rev"
+DEFAULT_REVISION = "default"
 
 # Written by the injector.
 ANNOTATION_STATUS = PREFIX + "status"
@@ -61,6 +65,16 @@ HAPROXY_HEALTH_PATH = "/healthz"
 # probes it, so it knows when to serve stale objects from grace instead of fetching.
 HAPROXY_BACKENDS_UP_PATH = "/.cache/backends-up"
 STICKY_COOKIE = "CACHESRV"
+# Invalidation from outside the pod: a token from a Secret the user creates (the injector
+# makes no API calls; the env var is optional), sent in a header the API server's pod proxy
+# passes on (it strips Authorization), to paths that work through that proxy too.
+PURGE_SECRET = "cache-injector-purge"
+PURGE_SECRET_KEY = "token"
+PURGE_TOKEN_ENV = "CACHE_INJECTOR_PURGE_TOKEN"
+PURGE_TOKEN_HEADER = "X-Cache-Token"
+PURGE_PATH = "/.cache/purge"
+BAN_PATH = "/.cache/ban"
+PURGE_TOKEN_MIN_LENGTH = 16
 
 # Namespaces never injected, whatever the policy says.
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")

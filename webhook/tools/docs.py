@@ -45,8 +45,11 @@ def annotations_md() -> str:
         "",
         "| annotation | holds |",
         "|---|---|",
-        f"| `{names.ANNOTATION_STATUS}` | JSON: injector version, injected containers and "
-        "volumes, config hash. Its presence makes re-injection a no-op. |",
+        f"| `{names.ANNOTATION_STATUS}` | JSON: injector version, config hash, and everything "
+        "injection added (containers, volumes, annotations, names in the autoscaler's list with "
+        "its earlier text), created (`created`, `nulls`) or replaced (`replaced`: user-declared "
+        "sidecars), so `cache-injector uninject` restores the pod exactly and `audit` can tell a "
+        "stale pod. Its presence makes re-injection a no-op. |",
         f"| `{names.ANNOTATION_VCL}` | The rendered VCL, mounted into `{names.CONTAINER_VARNISH}` "
         "by a downwardAPI volume (absent with `vcl-configmap`). |",
         f"| `{names.ANNOTATION_HAPROXY_CFG}` | The rendered haproxy.cfg, mounted into "
