@@ -51,6 +51,9 @@ PORT_NAME_HTTP = "cache-http"
 PORT_NAME_METRICS = "cache-metrics"
 HAPROXY_LOCAL_PORT = 6090
 HAPROXY_METRICS_PORT = 6091
+# HAProxy's fd-hard-limit: bounds its fd tables (and maxconn, ~half of it) whatever
+# RLIMIT_NOFILE the runtime gives.
+HAPROXY_FD_HARD_LIMIT = 8192
 
 # Paths inside the sidecars.
 HAPROXY_CONFIG_DIR = "/etc/cache-injector/haproxy"
@@ -140,7 +143,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "quantity",
         "128Mi",
         "a Kubernetes memory quantity from 16Mi to {limit} such as 256Mi or 1Gi",
-        "Varnish malloc storage for cached objects.",
+        "Varnish malloc storage for cached objects (allocated as it fills: the idle pod's "
+        "~30 MiB does not change); cache-varnish's memory limit grows with it "
+        "(docs/policy.md, resources.varnish).",
     ),
     OptionSpec(
         "default_ttl",

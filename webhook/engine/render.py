@@ -100,6 +100,7 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "grace": options.grace,
         "local_port": names.HAPROXY_LOCAL_PORT,
         "metrics_port": names.HAPROXY_METRICS_PORT,
+        "fd_hard_limit": names.HAPROXY_FD_HARD_LIMIT,
         "run_dir": names.HAPROXY_RUN_DIR,
         "health_uri": names.HAPROXY_HEALTH_PATH,
         "backends_up_path": names.HAPROXY_BACKENDS_UP_PATH,
