@@ -42,6 +42,12 @@ def _security_context(uid: int | None) -> JsonDict:
     return context
 
 
+def _pull_policy(policy: Policy) -> JsonDict:
+    """The policy's imagePullPolicy, or nothing: Kubernetes' default then applies."""
+    pull_policy = policy.model.images.pull_policy
+    return {"imagePullPolicy": pull_policy} if pull_policy else {}
+
+
 def _resources(
     spec: Resources, memory_floor: int | None = None, memory_request: int | None = None
 ) -> JsonDict:
@@ -93,6 +99,7 @@ def build_haproxy(options: Options, policy: Policy) -> JsonDict:
     container: JsonDict = {
         "name": names.CONTAINER_HAPROXY,
         "image": model.images.haproxy,
+        **_pull_policy(policy),
         "command": [
             "haproxy",
             "-W",
@@ -205,6 +212,7 @@ def build_varnish(options: Options, policy: Policy) -> JsonDict:
     container: JsonDict = {
         "name": names.CONTAINER_VARNISH,
         "image": model.images.varnish,
+        **_pull_policy(policy),
         "command": ["varnishd"],
         "args": varnish_args(options, policy),
         "ports": [
