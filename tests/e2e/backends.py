@@ -39,11 +39,13 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, pod: BackendPod) -> None:
+    def __init__(self, pod: BackendPod, address: str) -> None:
         self.pod = pod
         self.connections: dict[socket.socket, bool] = {}  # socket -> busy
         self.connections_lock = threading.Lock()
-        super().__init__((pod.ip, pod.port), _Handler)
+        if ":" in address:
+            self.address_family = socket.AF_INET6
+        super().__init__((address, pod.port), _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
@@ -112,10 +114,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class BackendPod:
-    """One backend pod: an HTTP server on ip:port inside the namespace."""
+    """One backend pod: an HTTP server on ip:port inside the namespace (and on ip6:port too,
+    for a dual-stack pod)."""
 
-    def __init__(self, netns: Netns, name: str, ip: str, port: int = 8080) -> None:
-        self.netns, self.name, self.ip, self.port = netns, name, ip, port
+    def __init__(
+        self, netns: Netns, name: str, ip: str, port: int = 8080, *, ip6: str | None = None
+    ) -> None:
+        self.netns, self.name, self.ip, self.port, self.ip6 = netns, name, ip, port, ip6
         self.healthy = True
         self.failing: float | None = None  # seconds before a 503, once set_failing()
         self.stopping = False
@@ -123,7 +128,7 @@ class BackendPod:
         self.requests: Counter[str] = Counter()
         self.cookies: list[str] = []
         self.last_request_at = 0.0
-        self._server: _Server | None = None
+        self._servers: list[_Server] = []
 
     def count(self, path: str, cookie: str | None) -> None:
         with self._lock:
@@ -144,29 +149,33 @@ class BackendPod:
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        return bool(self._servers)
 
     def start(self) -> None:
         self.stopping = False
-        server = self.netns.call(lambda: _Server(self))
-        threading.Thread(
-            target=server.serve_forever, name=f"backend-{self.name}", daemon=True
-        ).start()
-        self._server = server
+        for address in [self.ip] + ([self.ip6] if self.ip6 else []):
+            server = self.netns.call(lambda address=address: _Server(self, address))  # type: ignore[misc]
+            threading.Thread(
+                target=server.serve_forever, name=f"backend-{self.name}", daemon=True
+            ).start()
+            self._servers.append(server)
 
     def stop(self, *, graceful: bool = True) -> None:
         """Stop like a pod: no new connections; graceful finishes requests in progress first."""
-        server, self._server = self._server, None
-        if server is None:
+        servers, self._servers = self._servers, []
+        if not servers:
             return
         self.stopping = True
-        server.shutdown()
-        server.server_close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
         deadline = time.monotonic() + (5 if graceful else 0)
         while True:
-            with server.connections_lock:
-                idle = [s for s, busy in server.connections.items() if not busy or not graceful]
-                busy_left = len(server.connections) - len(idle)
+            idle, busy_left = [], 0
+            for server in servers:
+                with server.connections_lock:
+                    idle += [s for s, busy in server.connections.items() if not busy or not graceful]
+                    busy_left += sum(1 for busy in server.connections.values() if busy and graceful)
             for sock in idle:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)

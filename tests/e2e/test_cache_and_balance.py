@@ -1,28 +1,76 @@
-"""Scenarios 1 and 2: the injected pod caches, and balances misses over every backend pod."""
+"""Scenarios 1 and 2: the injected pod caches, and balances misses over every backend pod —
+on IPv4, IPv6-only and dual-stack pods (and one with IPv6 switched off)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.e2e.client import errors, pods
-from tests.e2e.harness import PodEnv, generation
+from tests.e2e.client import Client, errors, pods
+from tests.e2e.harness import METRICS_PORT, PodEnv, generation
 from tests.e2e.scenarios import record, recorder
+from webhook.engine import names
 
 pytestmark = pytest.mark.e2e
 
+FAMILIES = ("ipv4", "ipv6", "dual", "no-ipv6")
+LOOPBACK = {
+    # What every pod's lo has; IPv6 pod addresses are on eth0.
+    "ipv4": ["127.0.0.1/8", "::1/128"],
+    "ipv6": ["127.0.0.1/8", "::1/128"],
+    "dual": ["127.0.0.1/8", "::1/128"],
+    "no-ipv6": ["127.0.0.1/8"],
+}
 
-@pytest.mark.parametrize("gen_name", ["newest", "oldest"])
-def test_second_get_is_a_hit_and_the_backend_saw_one_request(gen_name: str) -> None:
+
+def stats_page(env: PodEnv, host: str, port: int) -> str:
+    """What GET /stats on host:port answers inside the pod: status and whether it was the
+    stats page, or the connection error."""
+    reply = Client(env.runner.netns, host, port).get(names.HAPROXY_STATS_PATH, timeout=5)
+    if reply.error:
+        return "refused" if "Refused" in reply.error else reply.error
+    return f"{reply.status} {'stats page' if 'Statistics Report' in reply.body else 'other'}"
+
+
+@pytest.mark.parametrize(
+    ("gen_name", "family"),
+    [pytest.param(g, f, id=f"{g}-{f}") for f in FAMILIES for g in ("newest", "oldest")],
+)
+def test_second_get_is_a_hit_and_the_backend_saw_one_request(gen_name: str, family: str) -> None:
     gen = generation(gen_name)
-    with PodEnv(gen, label="cache") as env:
+    with PodEnv(gen, label="cache", family=family) as env:
+        # Both pod IPs of a dual-stack pod: the first GET on one, the HIT on the other (one
+        # Host, as a Service name would give; the address is not part of the cache key).
+        clients = [env.http, env.client6 or env.http]
+        host = {"Host": "web.shop.svc.cluster.local"}
         for path in ("/static/page", "/plain/page"):  # max-age=300; no headers: default TTL
-            first, second = env.http.get(path), env.http.get(path)
+            first = clients[0].get(path, headers=host)
+            second = clients[1].get(path, headers=host)
             assert (first.status, first.cache) == (200, "MISS"), first.describe()
             assert (second.status, second.cache) == (200, "HIT"), second.describe()
             assert second.pod == first.pod, "a HIT is the stored response"
             seen = sum(backend.requests[path] for backend in env.backends.values())
             assert seen == 1, f"{path}: the backend saw {seen} requests"
-        record("1 cache", gen.label, "backend requests for 2 GETs", 1)
+        record(f"1 cache {family}", gen.label, "backend requests for 2 GETs", 1)
+        # Varnish reaches HAProxy over lo, which has only what a pod's has.
+        assert env.runner.netns.addresses("lo") == LOOPBACK[family]
+        # cache-metrics answers on every pod IP (the kubelet's probes used the first).
+        for address in filter(None, (env.family.pod_ip, env.family.pod_ip6)):
+            health = Client(env.runner.netns, address, METRICS_PORT).get(names.HAPROXY_HEALTH_PATH)
+            assert health.status == 200, (address, health.describe())
+        # The stats page: not on the pod IP (neither its own port nor cache-metrics), on
+        # 127.0.0.1 only, without HAProxy's version.
+        seen_stats = {
+            "pod IP, stats port": stats_page(env, env.family.pod_ip, names.HAPROXY_STATS_PORT),
+            "pod IP, cache-metrics": stats_page(env, env.family.pod_ip, METRICS_PORT),
+            "localhost": stats_page(env, "127.0.0.1", names.HAPROXY_STATS_PORT),
+        }
+        assert seen_stats == {
+            "pod IP, stats port": "refused",
+            "pod IP, cache-metrics": "503 other",
+            "localhost": "200 stats page",
+        }, seen_stats
+        page = Client(env.runner.netns, "127.0.0.1", names.HAPROXY_STATS_PORT).get("/stats")
+        assert "version" not in page.body.lower(), "stats hide-version"
         # The securityContext as run: its uid/gid, no capabilities, no_new_privs, root ro;
         # the daemon is its container's PID 1.
         for container in env.manifest["spec"]["initContainers"]:

@@ -47,6 +47,14 @@ PORT_NAME_HTTP = "cache-http"
 PORT_NAME_METRICS = "cache-metrics"
 HAPROXY_LOCAL_PORT = 6090
 HAPROXY_METRICS_PORT = 6091
+# HAProxy's stats page (backend pods' addresses and health): 127.0.0.1 only, reached with
+# `kubectl port-forward`, never from another pod.
+HAPROXY_STATS_PORT = 6092
+HAPROXY_STATS_PATH = "/stats"
+# Idle keep-alive between Varnish and HAProxy's local frontend: the side that reuses a
+# connection (Varnish) must give it up first.
+VARNISH_BACKEND_IDLE_SECONDS = 30
+HAPROXY_LOCAL_KEEPALIVE_SECONDS = 60
 
 # Paths inside the sidecars.
 HAPROXY_CONFIG_DIR = "/etc/cache-injector/haproxy"
@@ -114,6 +122,17 @@ OPTIONS: tuple[OptionSpec, ...] = (
         high=256,
     ),
     OptionSpec(
+        "ip_family",
+        "enum:auto,ipv4,ipv6",
+        "auto",
+        "auto, ipv4 or ipv6",
+        "Address family of the backend pods and of cache-haproxy's listener. auto: listen on "
+        "IPv4 and IPv6, use a Service's IPv4 addresses when it has both (dual-stack), its IPv6 "
+        "ones when it has no other (IPv6-only); ipv6: the same, preferring IPv6 on "
+        "dual-stack; ipv4: IPv4 only, for nodes booted without IPv6 (ipv6.disable=1), where "
+        "an IPv6 listener cannot be created.",
+    ),
+    OptionSpec(
         "health_path",
         "path",
         None,
@@ -147,7 +166,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "int",
         "6081",
         "an integer from 1025 to 65535, not used by another container of the pod, "
-        "not 6090 or 6091 (cache-haproxy)",
+        "not 6090, 6091 or 6092 (cache-haproxy)",
         "Port Varnish listens on, named cache-http.",
         low=1025,
         high=65535,

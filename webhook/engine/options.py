@@ -32,6 +32,7 @@ class Options:
     backend: values.Backend | None
     discovery: str
     max_backends: int
+    ip_family: str
     health_path: str | None
     cache_size: int
     default_ttl: int
@@ -112,6 +113,7 @@ def _resolve(annotations: Mapping[str, str], namespace: str, policy: Policy) -> 
         if spec.name == "listen_port" and value in (
             names.HAPROXY_LOCAL_PORT,
             names.HAPROXY_METRICS_PORT,
+            names.HAPROXY_STATS_PORT,
         ):
             problems.append(InvalidAnnotation(spec.key, text, accepted_text(spec, limits)))
             continue
