@@ -10,7 +10,8 @@ path prefix decides its caching headers:
 - `/healthz`     200, or 503 after set_healthy(False)
 anything else is a 404. After set_failing(seconds) every other path answers 503 (no-store)
 after that delay: a broken application whose pods still accept connections.
-Requests are counted per path, with the cookies they carried.
+Requests are counted per path, with the cookies they carried, and (health checks aside) by
+the address family they arrived on.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._busy(True)
         try:
             path = self.path.split("?", 1)[0]
-            pod.count(path, self.headers.get("Cookie"))
+            family = "ipv6" if self.server.address_family == socket.AF_INET6 else "ipv4"
+            pod.count(path, self.headers.get("Cookie"), family)
             headers: dict[str, str] = {"X-Pod": pod.name, "Content-Type": "text/plain"}
             if path == "/healthz":
                 status = 200 if pod.healthy else 503
@@ -126,13 +128,16 @@ class BackendPod:
         self.stopping = False
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
+        self.families: Counter[str] = Counter()  # requests by the address they came to
         self.cookies: list[str] = []
         self.last_request_at = 0.0
         self._servers: list[_Server] = []
 
-    def count(self, path: str, cookie: str | None) -> None:
+    def count(self, path: str, cookie: str | None, family: str = "ipv4") -> None:
         with self._lock:
             self.requests[path] += 1
+            if path != "/healthz":
+                self.families[family] += 1
             self.last_request_at = time.monotonic()
             if cookie:
                 self.cookies.append(cookie)

@@ -296,6 +296,14 @@ class PodEnv:
         if stop:
             self.backends[name].stop()
 
+    def families(self) -> dict[str, int]:
+        """Requests the backend pods got (health checks aside), by address family."""
+        total: dict[str, int] = {}
+        for backend in self.backends.values():
+            for family, count in backend.families.items():
+                total[family] = total.get(family, 0) + count
+        return dict(sorted(total.items()))
+
     def running_backends(self) -> list[BackendPod]:
         return [b for b in self.backends.values() if b.running]
 
@@ -386,7 +394,7 @@ def observe(env: PodEnv, replies: list[Any], marks: dict[str, float], **extra: A
         unready=env.runner.unready_periods(),
         diagnostics=env.diagnostics(),
         haproxy_log=env.haproxy_log(),
-        extra=extra,
+        extra={"families": env.families(), **extra},
     )
 
 

@@ -86,23 +86,43 @@ def test_second_get_is_a_hit_and_the_backend_saw_one_request(gen_name: str, fami
             }, (container["name"], who)
 
 
+# Which family the backend pods are reached on: dual-stack Services have both; A/AAAA
+# discovery uses one (ip-family auto: IPv4; ipv6: IPv6), the same in every replica. An SRV
+# answer on dual-stack names each pod once per family: auto uses both (each pod twice, still
+# evenly), ipv4/ipv6 one (HAProxy 3.3+'s dns-accept-family; 2.6 cannot filter SRV targets).
+BALANCE = [
+    ("newest", "dns-a", "ipv4", "auto", {"ipv4"}),
+    ("oldest", "dns-a", "ipv4", "auto", {"ipv4"}),
+    ("newest", "dns-srv", "ipv4", "auto", {"ipv4"}),
+    ("newest", "dns-a", "ipv6", "auto", {"ipv6"}),
+    ("oldest", "dns-a", "ipv6", "auto", {"ipv6"}),
+    ("newest", "dns-srv", "ipv6", "auto", {"ipv6"}),
+    ("oldest", "dns-srv", "ipv6", "auto", {"ipv6"}),
+    ("newest", "dns-a", "dual", "auto", {"ipv4"}),
+    ("oldest", "dns-a", "dual", "auto", {"ipv4"}),
+    ("newest", "dns-a", "dual", "ipv6", {"ipv6"}),
+    ("oldest", "dns-a", "dual", "ipv6", {"ipv6"}),
+    ("newest", "dns-srv", "dual", "auto", {"ipv4", "ipv6"}),
+    ("newest", "dns-srv", "dual", "ipv4", {"ipv4"}),
+    ("newest", "dns-srv", "dual", "ipv6", {"ipv6"}),
+]
+
+
 @pytest.mark.parametrize(
-    ("gen_name", "discovery"),
-    [
-        pytest.param("newest", "dns-a", id="newest-dns-a"),
-        pytest.param("oldest", "dns-a", id="oldest-dns-a"),
-        pytest.param("newest", "dns-srv", id="newest-dns-srv"),
-    ],
+    ("gen_name", "discovery", "family", "ip_family", "used"),
+    [pytest.param(*case, id="-".join(case[:4])) for case in BALANCE],
 )
-def test_uncached_requests_reach_every_backend_pod(gen_name: str, discovery: str) -> None:
+def test_uncached_requests_reach_every_backend_pod(
+    gen_name: str, discovery: str, family: str, ip_family: str, used: set[str]
+) -> None:
     gen = generation(gen_name)
-    annotations = {}
+    annotations = {"cache-injector.io/ip-family": ip_family}
     if discovery == "dns-srv":
-        annotations = {
+        annotations |= {
             "cache-injector.io/backend": "app:http",
             "cache-injector.io/discovery": "dns-srv",
         }
-    with PodEnv(gen, annotations=annotations, backends=3, label="balance") as env:
+    with PodEnv(gen, annotations=annotations, backends=3, label="balance", family=family) as env:
         replies = [env.http.get(f"/nocache/{i}") for i in range(30)]
         assert not errors(replies), [r.describe() for r in errors(replies)]
         assert all(r.cache == "MISS" for r in replies)
@@ -110,5 +130,7 @@ def test_uncached_requests_reach_every_backend_pod(gen_name: str, discovery: str
         assert set(spread) == set(env.backends), f"{spread} vs {sorted(env.backends)}\n" + (
             env.diagnostics()
         )
-        note = recorder(f"2 balance {discovery}", gen.label)
+        assert set(env.families()) == used, env.families()
+        note = recorder(f"2 balance {discovery} {family} ip-family {ip_family}", gen.label)
         note("requests per pod (30)", dict(sorted(spread.items())))
+        note("requests per family", env.families())
