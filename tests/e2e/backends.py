@@ -179,8 +179,11 @@ class BackendPod:
             idle, busy_left = [], 0
             for server in servers:
                 with server.connections_lock:
-                    idle += [s for s, busy in server.connections.items() if not busy or not graceful]
-                    busy_left += sum(1 for busy in server.connections.values() if busy and graceful)
+                    for sock, busy in server.connections.items():
+                        if busy and graceful:
+                            busy_left += 1
+                        else:
+                            idle.append(sock)
             for sock in idle:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)

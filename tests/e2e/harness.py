@@ -40,7 +40,6 @@ LISTEN_PORT = 6081
 METRICS_PORT = 6091
 
 
-
 @dataclass(frozen=True)
 class Family:
     """A cluster's address family: where the pod, its DNS, other pods and backends live.

@@ -3,10 +3,10 @@
 Owns: creating and deleting the namespace, its addresses, and running Python code inside it.
 IPv4 addresses are 127.x on its `lo`; IPv6 ones (fd00::/8, unique local) go on `eth0`, one
 end of a veth pair inside the namespace, so `lo` keeps exactly what a pod's has (127.0.0.1/8
-and ::1) and an address is still local to every process in the namespace. A thread joins the namespace with
-setns(2) (ctypes: Python 3.11 has no os.setns); only threads made here ever do, so pytest's
-own threads stay in the host namespace. A socket keeps the namespace it was created in,
-so a server built in a namespaced thread may be served from any thread.
+and ::1) and an address is still local to every process in the namespace. A thread joins
+the namespace with setns(2) (ctypes: Python 3.11 has no os.setns); only threads made here
+ever do, so pytest's own threads stay in the host namespace. A socket keeps the namespace it
+was created in, so a server built in a namespaced thread may be served from any thread.
 """
 
 from __future__ import annotations
