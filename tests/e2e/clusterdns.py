@@ -106,8 +106,9 @@ class ClusterDNS:
     """Cluster DNS on one address inside a network namespace (UDP and TCP port 53)."""
 
     def __init__(
-        self, netns: Netns, address: str, *, domain: str = "cluster.local", ttl: int = 5
+        self, netns: Netns | None, address: str, *, domain: str = "cluster.local", ttl: int = 5
     ) -> None:
+        """netns None: answers only (answer()), never served (bench.slots sizes answers)."""
         self.netns = netns
         self.address = address
         self.domain = domain.strip(".")
@@ -172,6 +173,7 @@ class ClusterDNS:
                 for tcp in (False, True)
             ]
 
+        assert self.netns is not None, "a ClusterDNS without a namespace only answers"
         servers = self.netns.call(build)
         for server in servers:
             server.start_thread()
