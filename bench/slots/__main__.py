@@ -35,7 +35,10 @@ SETTLE = 6.0  # s after every filled slot is UP: a few health checks (inter 2s) 
 
 
 def haproxy_memory(gen_name: str, slots: int, pods: int) -> dict[str, Any]:
-    annotations = {"cache-injector.io/max-backends": str(slots)}
+    annotations = {
+        "cache-injector.io/max-backends": str(slots),
+        "cache-injector.io/health-path": "/healthz",  # HTTP checks, as most Services have
+    }
     with PodEnv(
         generation(gen_name), annotations=annotations, backends=pods, policy=POLICY, label="slots"
     ) as env:

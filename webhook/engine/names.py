@@ -68,6 +68,9 @@ HAPROXY_HEALTH_PATH = "/healthz"
 # Answered by HAProxy's local frontend: 200 while at least one backend pod is up. Varnish
 # probes it, so it knows when to serve stale objects from grace instead of fetching.
 HAPROXY_BACKENDS_UP_PATH = "/.cache/backends-up"
+# Answered by HAProxy's local frontend: 503 while the backend Service has more ready pods
+# than max-backends (HAProxy's own check of it logs the warning and sets the metric).
+HAPROXY_MAX_BACKENDS_PATH = "/.cache/max-backends"
 STICKY_COOKIE = "CACHESRV"
 
 # Namespaces never injected, whatever the policy says.

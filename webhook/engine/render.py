@@ -108,6 +108,7 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "run_dir": names.HAPROXY_RUN_DIR,
         "health_uri": names.HAPROXY_HEALTH_PATH,
         "backends_up_path": names.HAPROXY_BACKENDS_UP_PATH,
+        "max_backends_path": names.HAPROXY_MAX_BACKENDS_PATH,
         "ready_path": names.VARNISH_READY_PATH,
     }
 
