@@ -97,9 +97,10 @@ def main() -> int:
             full = [r for r in rows if r["pods"] == r["slots"]]
             if len(full) >= 2:
                 low, high = full[0], full[-1]
-                per_slot = (high["Pss"] - low["Pss"]) * 1024 / (high["slots"] - low["slots"])
-                results["memory"][f"{label} KiB per filled slot (Pss)"] = round(per_slot, 1)
-                print(f"{label}: {per_slot:.1f} KiB per filled slot (Pss)")
+                for key in ("VmRSS", "RssAnon", "Pss"):
+                    per_slot = (high[key] - low[key]) * 1024 / (high["slots"] - low["slots"])
+                    results["memory"][f"{label} KiB per filled slot ({key})"] = round(per_slot, 1)
+                    print(f"{label}: {per_slot:.1f} KiB per filled slot ({key})")
     finally:
         remove_mount_points()
         root_cleanup()

@@ -61,7 +61,8 @@ class Family:
 
     def backend_addresses(self, index: int) -> tuple[str, str | None]:
         """(ip, ip6) of backend pod number `index` (from 0)."""
-        v4, v6 = f"127.0.1.{index + 1}", f"fd00:1::{index + 1:x}"
+        v4 = f"127.0.1.{index + 1}" if index < 254 else f"127.1.{index // 254}.{index % 254 + 1}"
+        v6 = f"fd00:1::{index + 1:x}"
         if self.v4:
             return v4, (v6 if self.v6 else None)
         return v6, None
