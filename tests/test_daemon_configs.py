@@ -48,8 +48,11 @@ MATRIX: list[tuple[str, dict[str, str], dict[str, object]]] = [
     ("sticky-secret", {P + "sticky-sessions": "true"}, {"stickySessionSecret": "s3cr3t"}),
     ("dns-srv", {P + "backend": "app:http", P + "discovery": "dns-srv"}, {}),
     ("ip-family-ipv4", {P + "ip-family": "ipv4"}, {}),
-    ("ip-family-ipv6", {P + "ip-family": "ipv6", P + "discovery": "dns-srv",
-                        P + "backend": "app:http"}, {}),  # fmt: skip
+    (
+        "ip-family-ipv6",
+        {P + "ip-family": "ipv6", P + "discovery": "dns-srv", P + "backend": "app:http"},
+        {},
+    ),
     (
         "everything",
         {

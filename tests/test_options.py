@@ -75,9 +75,7 @@ INVALID = [
     pytest.param("listen-port", "80", "from 1025 to 65535", id="listen-port-80"),
     pytest.param("listen-port", "70000", "from 1025 to 65535", id="listen-port-too-big"),
     pytest.param("listen-port", "6090", "not 6090, 6091 or 6092", id="listen-port-haproxy-local"),
-    pytest.param(
-        "listen-port", "6091", "not 6090, 6091 or 6092", id="listen-port-haproxy-metrics"
-    ),
+    pytest.param("listen-port", "6091", "not 6090, 6091 or 6092", id="listen-port-haproxy-metrics"),
     pytest.param("listen-port", "6092", "not 6090, 6091 or 6092", id="listen-port-haproxy-stats"),
     pytest.param("sticky-sessions", "yes", "true or false", id="sticky-yes"),
     pytest.param("sticky-sessions", "True", "true or false", id="sticky-capital"),
@@ -252,4 +250,16 @@ def test_non_string_annotation_value_is_invalid_not_a_crash(policy: Policy) -> N
             {P + "backend": "a:1", P + "max-backends": 5},  # type: ignore[dict-item]
             namespace="s",
             policy=policy,
+        )
+
+
+def test_built_in_max_backends_never_exceeds_a_lower_policy_limit() -> None:
+    """The built-in default (128) under a policy capping max-backends at 64 is 64, not a
+    denial of every pod; an annotation above the limit is still refused."""
+    policy = policy_from({"limits": {"maxBackends": 64}})
+    options = resolve_options({P + "backend": "app:8080"}, namespace="shop", policy=policy)
+    assert (options.max_backends, options.sources["max_backends"]) == (64, "built-in")
+    with pytest.raises(InvalidOptions, match="from 1 to 64"):
+        resolve_options(
+            {P + "backend": "app:8080", P + "max-backends": "65"}, namespace="shop", policy=policy
         )

@@ -121,8 +121,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "128",
         "an integer from 1 to {high}",
         "HAProxy server-template slots: the most backend pods balanced over. A Service with "
-        "more ready pods is reported (HAProxy logs \"Server max_backends/enough-slots is "
-        "DOWN\"; haproxy_backend_active_servers{proxy=\"max_backends\"} is 0).",
+        'more ready pods is reported (HAProxy logs "Server max_backends/enough-slots is '
+        'DOWN"; haproxy_backend_active_servers{proxy="max_backends"} is 0).',
         low=1,
         high=256,
     ),
