@@ -3,10 +3,17 @@ on IPv4, IPv6-only and dual-stack pods (and one with IPv6 switched off)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from tests.e2e.client import Client, errors, pods
-from tests.e2e.harness import METRICS_PORT, PodEnv, generation
+from tests.e2e.harness import METRICS_PORT, PodEnv, generation, wait_for
 from tests.e2e.scenarios import record, recorder
 from webhook.engine import names
 
@@ -20,6 +27,15 @@ LOOPBACK = {
     "dual": ["127.0.0.1/8", "::1/128"],
     "no-ipv6": ["127.0.0.1/8"],
 }
+
+
+def up_servers(env: PodEnv) -> int:
+    """haproxy_backend_active_servers of backend_pods (from cache-metrics)."""
+    body = Client(env.runner.netns, env.family.pod_ip, METRICS_PORT).get("/metrics").body
+    for line in body.splitlines():
+        if line.startswith('haproxy_backend_active_servers{proxy="backend_pods"}'):
+            return int(float(line.split()[-1]))
+    return 0
 
 
 def stats_page(env: PodEnv, host: str, port: int) -> str:
@@ -123,6 +139,9 @@ def test_uncached_requests_reach_every_backend_pod(
             "cache-injector.io/discovery": "dns-srv",
         }
     with PodEnv(gen, annotations=annotations, backends=3, label="balance", family=family) as env:
+        # Every pod's slot UP first (SRV targets resolve one by one; slow on a loaded machine).
+        up = wait_for(lambda: up_servers(env) >= 3, timeout=30)
+        assert up is not None, env.diagnostics()
         replies = [env.http.get(f"/nocache/{i}") for i in range(30)]
         assert not errors(replies), [r.describe() for r in errors(replies)]
         assert all(r.cache == "MISS" for r in replies)
@@ -134,3 +153,68 @@ def test_uncached_requests_reach_every_backend_pod(
         note = recorder(f"2 balance {discovery} {family} ip-family {ip_family}", gen.label)
         note("requests per pod (30)", dict(sorted(spread.items())))
         note("requests per family", env.families())
+
+
+# A kernel booted with ipv6.disable=1 has no AF_INET6 at all: socket() fails with
+# EAFNOSUPPORT. A namespace cannot take that away, so the daemons get a preload that makes
+# socket(AF_INET6, ...) fail exactly so.
+NO_IPV6_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <sys/socket.h>
+int socket(int domain, int type, int protocol) {
+    static int (*real)(int, int, int);
+    if (domain == AF_INET6) { errno = EAFNOSUPPORT; return -1; }
+    if (!real) real = (int (*)(int, int, int))dlsym(RTLD_NEXT, "socket");
+    return real(domain, type, protocol);
+}
+"""
+
+
+def build_no_ipv6_shim(directory: Path) -> Path:
+    """The preload, built with the host's C compiler, readable by the sidecars' users."""
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler for the no-IPv6 preload")
+    directory.chmod(0o755)
+    source, shim = directory / "noipv6.c", directory / "noipv6.so"
+    source.write_text(NO_IPV6_SHIM)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(shim), str(source), "-ldl"], check=True)
+    shim.chmod(0o755)
+    return shim
+
+
+def preload(shim: Path) -> Callable[[dict[str, Any]], None]:
+    def edit(manifest: dict[str, Any]) -> None:
+        for container in manifest["spec"]["initContainers"]:
+            container.setdefault("env", []).append({"name": "LD_PRELOAD", "value": str(shim)})
+
+    return edit
+
+
+@pytest.mark.parametrize("gen_name", ["newest", "oldest"])
+def test_a_node_without_ipv6_runs_the_sidecars_with_ip_family_ipv4(gen_name: str) -> None:
+    """ip-family ipv4: HAProxy binds 0.0.0.0 (with the default [::] it exits: "cannot create
+    receiving socket"); varnishd's `-a :PORT` skips [::] by itself."""
+    annotations = {"cache-injector.io/ip-family": "ipv4"}
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as directory:
+        shim = build_no_ipv6_shim(Path(directory))
+        with PodEnv(
+            generation(gen_name),
+            annotations=annotations,
+            edit_pod=preload(shim),
+            family="no-ipv6",
+            label="no-ipv6-kernel",
+        ) as env:
+            varnish = env.runner.states["cache-varnish"].main_pid
+            maps = Path(f"/proc/{varnish}/maps").read_text()
+            assert str(shim) in maps, "the preload is in varnishd"
+            first, second = env.http.get("/static/k"), env.http.get("/static/k")
+            assert (first.status, second.cache) == (200, "HIT"), (
+                first.describe(),
+                second.describe(),
+            )
+            health = Client(env.runner.netns, env.family.pod_ip, METRICS_PORT).get("/healthz")
+            assert health.status == 200, health.describe()
+            record("1 cache no-ipv6 kernel", env.gen.label, "backend requests for 2 GETs", 1)

@@ -105,8 +105,7 @@ def idle_reuse(gen_name: str, fixed: bool) -> Observed:
     ("gen_name", "fixed"),
     [
         pytest.param(g, f, marks=background(idle_reuse, g, f), id=f"{g}-{'now' if f else 'old'}")
-        for g in ("newest", "oldest")
-        for f in (True, False)
+        for g, f in (("newest", True), ("oldest", True), ("newest", False), ("oldest", False))
     ],
 )
 def test_varnish_closes_idle_connections_before_haproxy_does(

@@ -41,7 +41,10 @@ def large_service(gen_name: str, max_backends: int | None) -> Observed:
     ) as env:
         # Every slot filled and UP (checks every 2 s), or the slots all full.
         slots = max_backends or int(names.OPTIONS_BY_NAME["max_backends"].default or 0)
-        wait_for(lambda: active_servers(env).get("backend_pods", 0) >= min(PODS, slots), timeout=30)
+        filled = wait_for(
+            lambda: active_servers(env).get("backend_pods", 0) >= min(PODS, slots), timeout=90
+        )
+        assert filled is not None, f"slots UP: {active_servers(env)}\n{env.diagnostics()}"
         traffic = Traffic(env.http, lambda i: f"/nocache/{i}", rate=40).start()
         sleep(6)
         replies = traffic.stop()
@@ -51,7 +54,9 @@ def large_service(gen_name: str, max_backends: int | None) -> Observed:
 
 
 P_MAX = names.OPTIONS_BY_NAME["max_backends"].key
-CASES = [(g, None) for g in ("newest", "oldest")] + [(g, OLD_DEFAULT) for g in ("newest", "oldest")]
+# The default on both generations; the old default (the warning) on the newest only: 40
+# backend pods health-checked every 2 s are a load on the session's one Python process.
+CASES = [(g, None) for g in ("newest", "oldest")] + [("newest", OLD_DEFAULT)]
 
 
 @pytest.mark.parametrize(
