@@ -166,6 +166,8 @@ class PodEnv:
         before_start: Callable[[PodEnv], None] | None = None,
         label: str = "pod",
         family: str = "ipv4",
+        secrets: Mapping[str, Mapping[str, str]] | None = None,
+        pod_name: str = "web-0",
     ) -> None:
         with _counter_lock:
             number = next(_counter)
@@ -185,6 +187,8 @@ class PodEnv:
         self.before_start = before_start  # called just before the pod's containers start
         self.family = FAMILIES[family]
         self.label = label if family == "ipv4" else f"{label}-{family}"
+        self.secrets = dict(secrets or {})  # Secrets of namespace shop: name -> key -> value
+        self.pod_name = pod_name
         self.backends: dict[str, BackendPod] = {}
         self._next_backend = itertools.count(0)
         self.netns: Netns | None = None
@@ -228,6 +232,8 @@ class PodEnv:
         for _ in range(self.initial_backends):
             self.add_backend()
         pod = self.pod_manifest or make_pod({})
+        if not self.pod_manifest:
+            pod["metadata"]["name"] = self.pod_name
         pod["metadata"]["annotations"] = {**self.annotations, **pod["metadata"]["annotations"]}
         self.manifest = inject(pod, NAMESPACE, workdir=self.workdir, policy=self.policy)
         notes = self.manifest["metadata"]["annotations"]
@@ -243,6 +249,7 @@ class PodEnv:
             nameserver=family.dns_ip,
             daemons={"haproxy": self.gen.haproxy.path, "varnishd": self.gen.varnish.path},
             workdir=self.workdir,
+            secrets=self.secrets,
         )
         self.client = Client(self.netns, family.pod_ip, LISTEN_PORT)
         if family.pod_ip6:
