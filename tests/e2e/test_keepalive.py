@@ -1,4 +1,4 @@
-"""Scenario 15: idle connections between Varnish and HAProxy are closed by the side that
+"""Scenario 17: idle connections between Varnish and HAProxy are closed by the side that
 reuses them.
 
 Varnish keeps an idle backend connection for `backend_idle_timeout` and reuses it for the
@@ -113,7 +113,7 @@ def test_varnish_closes_idle_connections_before_haproxy_does(
 ) -> None:
     seen: Observed = scenarios.outcome(request.node)
     counters = seen.extra["counters"]
-    note = recorder(f"15 idle keep-alive {'now' if fixed else 'old settings'}", seen.label)
+    note = recorder(f"17 idle keep-alive {'now' if fixed else 'old settings'}", seen.label)
     note("requests/errors", f"{len(seen.replies)}/{len(errors(seen.replies))}")
     note("seconds", round(seen.extra["seconds"], 1))
     note("varnish counters", counters)

@@ -1,4 +1,4 @@
-"""Scenario 16: a Service with more pods than the old default of max-backends (32).
+"""Scenario 18: a Service with more pods than the old default of max-backends (32).
 
 40 ready pods: with the default every pod gets traffic and nothing warns. With max-backends
 32 (the old default) only 32 of them can, and HAProxy says so: the server
@@ -76,7 +76,7 @@ def test_a_service_of_40_pods(
     metrics = seen.extra["metrics"]
     warned = WARNING in seen.haproxy_log
     label = "default" if max_backends is None else f"max-backends {max_backends}"
-    note = recorder(f"16 service of {PODS} pods, {label}", seen.label)
+    note = recorder(f"18 service of {PODS} pods, {label}", seen.label)
     note("requests/errors", f"{len(seen.replies)}/{len(errors(seen.replies))}")
     note("pods serving", len(spread))
     note("active servers", metrics)
