@@ -108,7 +108,7 @@ def test_explain_gives_one_line_with_reason_and_sources() -> None:
     assert "(Deployment/web, namespace default): injected [namespace_label]" in line
     assert "backend=app:8080 (annotation)" in line
     assert "cache-size=128Mi (policy-default)" in line
-    assert "max-backends=32 (built-in)" in line
+    assert "max-backends=128 (built-in)" in line
 
 
 def test_explain_spots_a_label_on_the_workload_instead_of_the_template() -> None:

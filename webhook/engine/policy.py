@@ -355,6 +355,7 @@ def check_option(spec: names.OptionSpec, text: str, limits: Limits) -> object:
     if spec.name == "listen_port" and value in (
         names.HAPROXY_LOCAL_PORT,
         names.HAPROXY_METRICS_PORT,
+        names.HAPROXY_STATS_PORT,
     ):
         raise ValueError(accepted)
     return value
