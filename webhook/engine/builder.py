@@ -211,6 +211,95 @@ def build_varnish(options: Options, policy: Policy) -> JsonDict:
     return container
 
 
+def _workdir_reader(
+    name: str, image: str, command: list[str], options: Options, policy: Policy
+) -> JsonDict:
+    """A container that reads cache-varnish's workdir: the shared memory log and counters.
+
+    Read-only mount; the uid of varnishd (the files are 0640); VSM_NOPID=1 because varnishd
+    runs in another PID namespace, where its pid in _.pid means nothing (checked on Varnish
+    7.1 and 8.0: tests/e2e/test_observe.py).
+    """
+    model = policy.model
+    container: JsonDict = {
+        "name": name,
+        "image": image,
+        "command": command,
+        "env": [{"name": "VSM_NOPID", "value": "1"}],
+        "securityContext": _security_context(model.run_as_user.varnish),
+        "volumeMounts": [
+            {
+                "name": names.VOLUME_VARNISH_WORKDIR,
+                "mountPath": names.VARNISH_WORKDIR,
+                "readOnly": True,
+            }
+        ],
+    }
+    if options.drain_seconds and not model.native_sidecars:
+        # Regular containers all get SIGTERM at deletion: outlive Varnish's drain, as
+        # cache-haproxy does, so the drain's requests are logged and counted. (As native
+        # sidecars they are declared before cache-varnish and so stop after it.)
+        seconds = str(options.drain_seconds + 1)
+        container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", seconds]}}}
+    return container
+
+
+def build_access_log(options: Options, policy: Policy) -> JsonDict:
+    """cache-access-log: varnishncsa, one JSON line per client request on stdout."""
+    container = _workdir_reader(
+        names.CONTAINER_ACCESS_LOG,
+        policy.model.images.varnish,
+        # -t off: wait for varnishd's workdir however long it takes to appear; -q: the
+        # kubelet's probes of /.cache/ready are not client requests.
+        [
+            "varnishncsa",
+            "-n",
+            names.VARNISH_WORKDIR,
+            "-t",
+            "off",
+            "-q",
+            f'ReqURL ne "{names.VARNISH_READY_PATH}"',
+            "-j",
+            "-F",
+            names.ACCESS_LOG_FORMAT,
+        ],
+        options,
+        policy,
+    )
+    container["resources"] = _resources(policy.model.resources.access_log)
+    return container
+
+
+def build_exporter(options: Options, policy: Policy) -> JsonDict:
+    """cache-varnish-exporter: `varnishstat -j` on every scrape, as Prometheus metrics."""
+    container = _workdir_reader(
+        names.CONTAINER_EXPORTER,
+        policy.model.images.varnish_exporter,
+        [
+            "prometheus_varnish_exporter",
+            "-n",
+            names.VARNISH_WORKDIR,
+            "-web.listen-address",
+            f":{names.EXPORTER_PORT}",
+            "-web.telemetry-path",
+            names.METRICS_PATH,
+            "-raw",
+        ],
+        options,
+        policy,
+    )
+    container["ports"] = [
+        {
+            "name": names.PORT_NAME_VARNISH_METRICS,
+            "containerPort": names.EXPORTER_PORT,
+            "protocol": "TCP",
+        }
+    ]
+    # No probes: the pod's readiness never depends on its metrics.
+    container["resources"] = _resources(policy.model.resources.varnish_exporter)
+    return container
+
+
 def build_volumes(options: Options) -> list[JsonDict]:
     """Configs arrive through the downward API (no ConfigMaps created: no side effects)."""
 
@@ -272,7 +361,9 @@ def declared_ports(pod_spec: Mapping[str, Any]) -> list[tuple[str, int, str | No
     return found
 
 
-def check_ports(pod_spec: Mapping[str, Any], listen_port: int) -> list[InvalidAnnotation]:
+def check_ports(
+    pod_spec: Mapping[str, Any], listen_port: int, *, metrics: bool = False
+) -> list[InvalidAnnotation]:
     """Every sidecar port and port name against the pod's own; each clash names both sides."""
     listen_key = names.OPTIONS_BY_NAME["listen_port"].key
     fixed = (
@@ -285,12 +376,21 @@ def check_ports(pod_spec: Mapping[str, Any], listen_port: int) -> list[InvalidAn
         names.HAPROXY_METRICS_PORT: ("metrics", fixed),
         listen_port: (listen_key, f"set {listen_key} to a free port from 1025 to 65535"),
     }
-    our_names = {names.PORT_NAME_HTTP, names.PORT_NAME_METRICS}
+    our_names = {names.PORT_NAME_HTTP, names.PORT_NAME_METRICS, names.PORT_NAME_VARNISH_METRICS}
+    sidecars = {listen_port: names.CONTAINER_VARNISH}
+    if metrics:
+        metrics_key = names.OPTIONS_BY_NAME["metrics"].key
+        ours[names.EXPORTER_PORT] = (
+            "Varnish metrics",
+            f"{names.CONTAINER_EXPORTER} always uses {names.EXPORTER_PORT}; set {metrics_key} "
+            "to false or move the container's port",
+        )
+        sidecars[names.EXPORTER_PORT] = names.CONTAINER_EXPORTER
     problems: list[InvalidAnnotation] = []
     for container, port, port_name in declared_ports(pod_spec):
         if port in ours:
             role, remedy = ours[port]
-            sidecar = names.CONTAINER_VARNISH if port == listen_port else names.CONTAINER_HAPROXY
+            sidecar = sidecars.get(port, names.CONTAINER_HAPROXY)
             key = listen_key if port == listen_port else f"container {container} port"
             problems.append(
                 PortClash(
@@ -305,8 +405,8 @@ def check_ports(pod_spec: Mapping[str, Any], listen_port: int) -> list[InvalidAn
                 PortClash(
                     f"container {container} port name",
                     str(port_name),
-                    f"the port names {names.PORT_NAME_HTTP} and {names.PORT_NAME_METRICS} "
-                    "belong to the cache sidecars; rename the container's port",
+                    f"the port names {', '.join(sorted(our_names))} belong to the cache "
+                    "sidecars; rename the container's port",
                 )
             )
     return problems
@@ -360,7 +460,9 @@ _BUILT: BoundedMemo[tuple[Options, str], tuple[list[JsonDict], list[JsonDict]]] 
 
 
 def build_sidecars(options: Options, policy: Policy) -> tuple[list[JsonDict], list[JsonDict]]:
-    """Our two containers (start order: HAProxy, then Varnish) and their volumes.
+    """Our containers and their volumes. Start order: HAProxy, the optional readers of
+    Varnish's workdir (they wait for it), Varnish last, so native sidecars stop in the
+    reverse order: Varnish first, and the access log and metrics see its whole drain.
 
     Memoized per (options, policy): the dicts are shared between reviews, so callers treat
     them as read-only (the CLI copies a patch before applying it to a document).
@@ -368,7 +470,12 @@ def build_sidecars(options: Options, policy: Policy) -> tuple[list[JsonDict], li
     key = (options, policy.digest)
     built = _BUILT.get(key)
     if built is None:
-        containers = [build_haproxy(options, policy), build_varnish(options, policy)]
+        containers = [build_haproxy(options, policy)]
+        if options.access_log:
+            containers.append(build_access_log(options, policy))
+        if options.metrics:
+            containers.append(build_exporter(options, policy))
+        containers.append(build_varnish(options, policy))
         if policy.model.native_sidecars:
             containers = [native(container) for container in containers]
         built = _BUILT.put(key, (containers, build_volumes(options)))

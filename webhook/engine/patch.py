@@ -88,6 +88,13 @@ def build_patch(
             metadata, evictable
         )
     ops += _annotation_ops(metadata, all_annotations)
+    # The label a PodMonitor selects injected pods by (charts/cache-injector).
+    if isinstance(metadata.get("labels"), dict):
+        path = f"/metadata/labels/{escape(names.LABEL_INJECTED)}"
+        ops.append({"op": "add", "path": path, "value": names.LABEL_INJECTED_VALUE})
+    else:
+        value = {names.LABEL_INJECTED: names.LABEL_INJECTED_VALUE}
+        ops.append({"op": "add", "path": "/metadata/labels", "value": value})
 
     if native:
         # Native sidecars start first, before the pod's own init containers.

@@ -21,7 +21,13 @@ from pydantic.alias_generators import to_camel
 from . import names, values
 from .errors import InvalidPolicy
 
-DEFAULT_IMAGES = {"haproxy": "haproxy:3.4", "varnish": "varnish:8.0"}
+DEFAULT_IMAGES = {
+    "haproxy": "haproxy:3.4",
+    "varnish": "varnish:8.0",
+    # Built from images/varnish-exporter/Dockerfile (no public image pairs the exporter with
+    # Varnish 8.0's varnishstat): push it and set images.varnishExporter.
+    "varnish_exporter": "cache-injector/varnish-exporter:8.0",
+}
 # The Varnish workdir holds the shared-memory log (vsl_space, 80 MB by default): a smaller
 # Memory emptyDir makes varnishd fail at launch ("Child failed on launch").
 VARNISH_WORKDIR_SIZE = 128 * values.MIB
@@ -88,10 +94,20 @@ NamespacePolicy: type[BaseModel] = create_model(
 
 
 class Images(StrictModel):
-    """Sidecar images; both must run the `haproxy` and `varnishd` programs from PATH."""
+    """Sidecar images; they must run `haproxy`, `varnishd` (and `varnishncsa`) and
+    `prometheus_varnish_exporter` (with a `varnishstat` of varnishd's version) from PATH."""
 
     haproxy: StrictStr = Field(DEFAULT_IMAGES["haproxy"], description="Image of cache-haproxy.")
-    varnish: StrictStr = Field(DEFAULT_IMAGES["varnish"], description="Image of cache-varnish.")
+    varnish: StrictStr = Field(
+        DEFAULT_IMAGES["varnish"],
+        description="Image of cache-varnish, and of cache-access-log (its varnishncsa must "
+        "match varnishd's version).",
+    )
+    varnish_exporter: StrictStr = Field(
+        DEFAULT_IMAGES["varnish_exporter"],
+        description="Image of cache-varnish-exporter (option metrics): the Varnish image plus "
+        "prometheus_varnish_exporter, built from images/varnish-exporter/Dockerfile.",
+    )
 
 
 class ResourceList(StrictModel):
@@ -123,6 +139,20 @@ class SidecarResources(StrictModel):
         description="cache-varnish resources. The memory limit (and, when unset, the request) "
         "is never below cache-size + transientSize + 128Mi workdir + 64Mi headroom; a lower "
         "limit here fails `policy check`.",
+    )
+    # Measured (docs/observability.md): varnishncsa ~4 MiB and the exporter ~12 MiB resident
+    # at c=8; the shared memory they map is charged to cache-varnish, which wrote it.
+    access_log: Resources = Field(
+        default_factory=lambda: Resources(
+            requests=ResourceList(cpu="10m", memory="16Mi"), limits=ResourceList(memory="32Mi")
+        ),
+        description="cache-access-log resources (option access-log).",
+    )
+    varnish_exporter: Resources = Field(
+        default_factory=lambda: Resources(
+            requests=ResourceList(cpu="10m", memory="24Mi"), limits=ResourceList(memory="48Mi")
+        ),
+        description="cache-varnish-exporter resources (option metrics).",
     )
 
 
@@ -180,7 +210,7 @@ class PolicyModel(StrictModel):
     )
     resources: SidecarResources = Field(
         default_factory=SidecarResources,
-        description="requests/limits of cache-haproxy and cache-varnish (see SidecarResources).",
+        description="requests/limits of each sidecar (see SidecarResources).",
     )
     transient_size: StrictStr = Field(
         "64Mi", description="Cap of Varnish's Transient storage (short-lived and uncached objects)."
@@ -192,7 +222,16 @@ class PolicyModel(StrictModel):
     )
     run_as_user: RunAsUser = Field(
         default_factory=RunAsUser,
-        description="UIDs in the sidecars' securityContext; null leaves them to the platform.",
+        description="UIDs in the sidecars' securityContext; null leaves them to the platform. "
+        "cache-access-log and cache-varnish-exporter run as varnish's: Varnish's shared "
+        "memory files are readable by its own uid only.",
+    )
+    prometheus_annotations: StrictBool = Field(
+        False,
+        description="true: add prometheus.io/scrape, /port and /path to injected pods that "
+        "set none of them, for Prometheus setups without the operator (one target per pod: "
+        "the Varnish exporter when option metrics is on, else HAProxy's cache-metrics). Off "
+        "by default: they clash with a pod's own scrape annotations.",
     )
 
 
@@ -315,16 +354,17 @@ def _check_semantics(model: PolicyModel) -> list[str]:
     for index, namespace in enumerate(model.exclude_namespaces):
         if not values.DNS_LABEL.match(namespace):
             problems.append(f"excludeNamespaces.{index}: {json.dumps(namespace)}: a namespace name")
-    for which in ("haproxy", "varnish"):
+    for which in ("haproxy", "varnish", "varnish_exporter"):
         image = getattr(model.images, which)
         if not image or any(char.isspace() for char in image):
-            problems.append(f"images.{which}: {json.dumps(image)}: an image reference")
+            problems.append(f"images.{to_camel(which)}: {json.dumps(image)}: an image reference")
+    for which in ("haproxy", "varnish", "access_log", "varnish_exporter"):
         sidecar = getattr(model.resources, which)
         for kind in ("requests", "limits"):
             for resource in ("cpu", "memory", "ephemeral_storage"):
                 alias = resource.replace("_", "-")
                 _check_quantity(
-                    f"resources.{which}.{kind}.{alias}",
+                    f"resources.{to_camel(which)}.{kind}.{alias}",
                     getattr(getattr(sidecar, kind), resource),
                     problems,
                 )

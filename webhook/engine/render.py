@@ -103,6 +103,8 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "health_uri": names.HAPROXY_HEALTH_PATH,
         "backends_up_path": names.HAPROXY_BACKENDS_UP_PATH,
         "ready_path": names.VARNISH_READY_PATH,
+        "backend_header": names.HEADER_CACHE_BACKEND,
+        "access_log": options.access_log,
     }
 
 
