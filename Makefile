@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The newer daemon builds (HAProxy 3.4, Varnish 8.0) ship beside the project in ../shared.
 SHARED ?= $(firstword $(wildcard ../shared /work/shared))
-APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl
+APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl prometheus-varnish-exporter
 
 .PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath clean
 
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Debian's haproxy 2.6 / varnish 7.1 from apt when missing, and the newer builds when present.
 daemons:
-	@missing=""; for p in varnishd haproxy ip unshare curl; do command -v $$p >/dev/null || missing=1; done; \
+	@missing=""; for p in varnishd haproxy ip unshare curl prometheus-varnish-exporter; do command -v $$p >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
