@@ -21,6 +21,9 @@ daemons:
 	if [ -n "$$missing" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
+	@# promtool (Debian's prometheus package) checks and unit-tests the chart's alert rules.
+	@command -v promtool >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@# install.sh exits 141 about one run in three once all is installed: its
 	@# `haproxy -v | head -1` gets SIGPIPE under pipefail. The binaries decide.
 	@if [ -n "$(SHARED)" ] && [ -x "$(SHARED)/daemons/install.sh" ]; then \

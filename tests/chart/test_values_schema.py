@@ -35,6 +35,10 @@ STRING_MAPS = {
     "podLabels",
     "nodeSelector",
     "serviceMonitor.labels",
+    "cacheMonitoring.podMonitor.labels",
+    "cacheMonitoring.prometheusRule.labels",
+    "cacheMonitoring.grafanaDashboard.labels",
+    "cacheMonitoring.grafanaDashboard.annotations",
 }
 
 
