@@ -41,7 +41,13 @@ def test_based_on_the_varnish_image_the_pods_run() -> None:
 
 
 def test_installs_the_program_the_container_runs_as_varnishd_uid() -> None:
-    command = builder.build_exporter(*_options_and_policy())["command"]
+    policy = default_policy()
+    options = resolve_options(
+        {"cache-injector.io/backend": "app:8080", "cache-injector.io/metrics": "true"},
+        namespace="shop",
+        policy=policy,
+    )
+    command = builder.build_exporter(options, policy)["command"]
     stage = dict(final_stage()[1:])
     _, target = stage["COPY"].split()[-2:]
     assert Path(target).name == command[0] and Path(target).parent.as_posix() == "/usr/local/bin"
