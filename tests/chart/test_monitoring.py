@@ -208,7 +208,8 @@ tests:
             exp_annotations:
               summary: Varnish in shop/web-0 evicted 5 objects in 10 minutes.
               description: >-
-                The cache is full and evicts objects to store new ones; raise cache-injector.io/cache-size.
+                The cache is full and evicts objects to store new ones; raise cache-
+                injector.io/cache-size.
       - eval_time: 25m
         alertname: CacheLRUEvictions
         exp_alerts: []
@@ -219,7 +220,8 @@ tests:
             exp_annotations:
               summary: Varnish storage s0 of shop/web-0 is 95% full.
               description: >-
-                Above 90 % for 10 minutes; evictions follow (s0) or uncacheable responses fail (Transient).
+                Above 90 % for 10 minutes; evictions follow (s0) or uncacheable
+                responses fail (Transient).
       - eval_time: 8m
         alertname: CacheThreadQueue
         exp_alerts: []
@@ -241,7 +243,9 @@ tests:
             exp_annotations:
               summary: No healthy backend pod behind the cache of shop/web-0.
               description: >-
-                Every server slot of HAProxy's backend_pods is down or empty for a minute; check the backend Service's pods, its DNS name and cache-injector.io/health-path.
+                Every server slot of HAProxy's backend_pods is down or empty for a
+                minute; check the backend Service's pods, its DNS name and cache-
+                injector.io/health-path.
 """
 
 
