@@ -208,8 +208,8 @@ tests:
             exp_annotations:
               summary: Varnish in shop/web-0 evicted 5 objects in 10 minutes.
               description: >-
-                The cache is full and evicts objects to store new ones; raise cache-
-                injector.io/cache-size.
+                The cache is full and evicts objects to store new ones; raise
+                cache-injector.io/cache-size.
       - eval_time: 25m
         alertname: CacheLRUEvictions
         exp_alerts: []
@@ -244,8 +244,8 @@ tests:
               summary: No healthy backend pod behind the cache of shop/web-0.
               description: >-
                 Every server slot of HAProxy's backend_pods is down or empty for a
-                minute; check the backend Service's pods, its DNS name and cache-
-                injector.io/health-path.
+                minute; check the backend Service's pods, its DNS name and
+                cache-injector.io/health-path.
 """
 
 
