@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.client import Client, errors
+from tests.e2e.test_crash import crash_and_restart
 from tests.e2e.harness import METRICS_PORT, POD_IP, PodEnv, generation, wait_for
 from tests.e2e.scenarios import record
 
@@ -209,3 +210,20 @@ def test_access_log_and_varnish_metrics(gen_name: str) -> None:
         for name in ("cache-access-log", "cache-varnish-exporter"):
             for key, value in memory_mib(env, name).items():
                 record("15 memory after load", gen.label, f"{name} {key} MiB", value)
+
+        # varnishd crashes and restarts over the same workdir: both readers follow the new
+        # instance on their own (neither container restarts).
+        crash_and_restart(env, "cache-varnish")
+        after = env.http.get("/static/after-restart")
+        assert after.cache == "MISS", after.describe()
+        logged = wait_for(
+            lambda: any(x["url"] == "/static/after-restart" for x in access_lines(env)),
+            timeout=10,
+        )
+        assert logged is not None, env.runner.log_tail("cache-access-log")
+        restarted = samples(scrape(env, EXPORTER_PORT))
+        assert restarted["varnish_up"] == 1 and restarted["varnish_main_cache_miss"] == 1, {
+            k: v for k, v in restarted.items() if "cache_" in k or k == "varnish_up"
+        }
+        for name in ("cache-access-log", "cache-varnish-exporter"):
+            assert not env.runner.states[name].restarts, env.runner.log_tail(name)
