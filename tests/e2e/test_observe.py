@@ -21,9 +21,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.client import Client, errors
-from tests.e2e.test_crash import crash_and_restart
 from tests.e2e.harness import METRICS_PORT, POD_IP, PodEnv, generation, wait_for
 from tests.e2e.scenarios import record
+from tests.e2e.test_crash import crash_and_restart
 
 pytestmark = pytest.mark.e2e
 
