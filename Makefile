@@ -51,7 +51,8 @@ unit: setup
 e2e: setup daemons
 	$(BIN)/pytest -q -m e2e
 
-# One injected pod with 3 backend pods, run for real (root): HIT/MISS and which pod answered.
+# One injected pod with 3 backend pods, run for real (root): HIT/MISS, which pod answered,
+# the hit ratio from its own metrics and its access log lines.
 demo: setup daemons
 	$(BIN)/python -m tests.e2e.demo
 
