@@ -162,3 +162,23 @@ def test_policy_checks_the_new_settings() -> None:
     assert 'images.varnishExporter: "bad image"' in text
     assert 'resources.accessLog.limits.memory: "lots"' in text
     assert 'defaults.access-log: "maybe"' in text
+
+
+def test_a_declared_reader_is_kept_when_its_option_is_off(
+    policy: Policy, templates: Templates
+) -> None:
+    """Only containers the injector builds replace the user's under our names."""
+    own = {"name": "cache-access-log", "image": "example/logger:1"}
+    pod = make_pod(spec={"containers": [{"name": "app", "image": "nginx:1.27"}, own]})
+    result = injected_pod(pod, policy, templates)
+    assert own in result["spec"]["containers"]
+    completed = injected_pod(
+        make_pod(
+            annotations={P + "access-log": "true"},
+            spec={"containers": [{"name": "app", "image": "nginx:1.27"}, dict(own)]},
+        ),
+        policy_from({"allowImageOverride": True}),
+        templates,
+    )
+    merged = container(completed, "cache-access-log")
+    assert merged["image"] == "example/logger:1" and merged["command"][0] == "varnishncsa"

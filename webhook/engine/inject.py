@@ -188,7 +188,13 @@ def inject_pod(
         containers=merged,
         volumes=volumes,
         annotations=written,
-        replaced={name: (group, index) for name, (group, index, _) in declared.items()},
+        # Only the containers we build replace the user's: a cache-access-log declared while
+        # access-log is off is the user's own and stays.
+        replaced={
+            name: (group, index)
+            for name, (group, index, _) in declared.items()
+            if any(c["name"] == name for c in containers)
+        },
         native=policy.model.native_sidecars,
     )
     return Outcome(
