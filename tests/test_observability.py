@@ -34,15 +34,15 @@ def test_off_by_default_and_nothing_changes(policy: Policy, templates: Templates
     assert result["metadata"]["labels"][names.LABEL_INJECTED] == "true"
 
 
-def test_readers_start_before_varnish_and_stop_after_it(
+def test_readers_start_after_varnish_and_outlive_its_drain(
     policy: Policy, templates: Templates
 ) -> None:
     result = injected_pod(make_pod(annotations=BOTH), policy, templates)
     assert sidecar_names(result) == [
         "cache-haproxy",
+        "cache-varnish",
         "cache-access-log",
         "cache-varnish-exporter",
-        "cache-varnish",
     ]
     varnish = container(result, "cache-varnish")
     workdir = next(m for m in varnish["volumeMounts"] if m["mountPath"] == names.VARNISH_WORKDIR)
@@ -56,6 +56,7 @@ def test_readers_start_before_varnish_and_stop_after_it(
         assert reader["securityContext"] == varnish["securityContext"]
         assert reader["resources"]["limits"]["memory"]
         assert "startupProbe" not in reader and "readinessProbe" not in reader
+        assert reader["lifecycle"] == varnish["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
     exporter = container(result, "cache-varnish-exporter")
     assert exporter["ports"] == [
         {"name": "cache-vmetrics", "containerPort": names.EXPORTER_PORT, "protocol": "TCP"}

@@ -235,12 +235,17 @@ def _workdir_reader(
             }
         ],
     }
-    if options.drain_seconds and not model.native_sidecars:
-        # Regular containers all get SIGTERM at deletion: outlive Varnish's drain, as
-        # cache-haproxy does, so the drain's requests are logged and counted. (As native
-        # sidecars they are declared before cache-varnish and so stop after it.)
-        seconds = str(options.drain_seconds + 1)
-        container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", seconds]}}}
+    if options.drain_seconds:
+        # Keep reading while cache-varnish drains, so the drain's requests are logged and
+        # counted. Native sidecars stop in reverse order, these before cache-varnish: their
+        # sleep as long as its own, which runs at the same time, so they get SIGTERM when
+        # Varnish stops serving. As regular containers all get SIGTERM at once after their
+        # hooks: 1 s longer, as cache-haproxy.
+        if model.native_sidecars:
+            container["lifecycle"] = {"preStop": {"sleep": {"seconds": options.drain_seconds}}}
+        else:
+            seconds = str(options.drain_seconds + 1)
+            container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", seconds]}}}
     return container
 
 
@@ -249,8 +254,9 @@ def build_access_log(options: Options, policy: Policy) -> JsonDict:
     container = _workdir_reader(
         names.CONTAINER_ACCESS_LOG,
         policy.model.images.varnish,
-        # -t off: wait for varnishd's workdir however long it takes to appear; -q: the
-        # kubelet's probes of /.cache/ready are not client requests.
+        # -t off: wait for varnishd's workdir, should it not be there yet (nativeSidecars:
+        # false starts every container at once); -q: the kubelet's probes of /.cache/ready
+        # are not client requests.
         [
             "varnishncsa",
             "-n",
@@ -460,9 +466,11 @@ _BUILT: BoundedMemo[tuple[Options, str], tuple[list[JsonDict], list[JsonDict]]] 
 
 
 def build_sidecars(options: Options, policy: Policy) -> tuple[list[JsonDict], list[JsonDict]]:
-    """Our containers and their volumes. Start order: HAProxy, the optional readers of
-    Varnish's workdir (they wait for it), Varnish last, so native sidecars stop in the
-    reverse order: Varnish first, and the access log and metrics see its whole drain.
+    """Our containers and their volumes. Start order: HAProxy, Varnish, then the optional
+    readers of Varnish's workdir: started once varnishd runs (its startupProbe), varnishncsa
+    attaches at once; started before it, it re-attached up to seconds after the child was
+    up and missed the first requests (e2e scenario 15). They stop first, after a preStop
+    sleep as long as Varnish's drain.
 
     Memoized per (options, policy): the dicts are shared between reviews, so callers treat
     them as read-only (the CLI copies a patch before applying it to a document).
@@ -470,12 +478,11 @@ def build_sidecars(options: Options, policy: Policy) -> tuple[list[JsonDict], li
     key = (options, policy.digest)
     built = _BUILT.get(key)
     if built is None:
-        containers = [build_haproxy(options, policy)]
+        containers = [build_haproxy(options, policy), build_varnish(options, policy)]
         if options.access_log:
             containers.append(build_access_log(options, policy))
         if options.metrics:
             containers.append(build_exporter(options, policy))
-        containers.append(build_varnish(options, policy))
         if policy.model.native_sidecars:
             containers = [native(container) for container in containers]
         built = _BUILT.put(key, (containers, build_volumes(options)))
