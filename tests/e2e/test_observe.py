@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from concurrent.futures import wait
 from pathlib import Path
@@ -21,8 +22,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.client import Client, errors
-from tests.e2e.harness import METRICS_PORT, POD_IP, PodEnv, generation, wait_for
-from tests.e2e.scenarios import record
+from tests.e2e.harness import (
+    METRICS_PORT,
+    OTHER_CLIENT_IP,
+    POD_IP,
+    PodEnv,
+    generation,
+    wait_for,
+)
+from tests.e2e.scenarios import Scenarios, background, record, sleep
 from tests.e2e.test_crash import crash_and_restart
 
 pytestmark = pytest.mark.e2e
@@ -104,8 +112,10 @@ def memory_mib(env: PodEnv, container: str) -> dict[str, float]:
     return out
 
 
-@pytest.mark.parametrize("gen_name", ["newest", "oldest"])
-def test_access_log_and_varnish_metrics(gen_name: str) -> None:
+def observe_pod(gen_name: str) -> None:
+    """The whole scenario, its checks included: it runs in the background with the other
+    long scenarios (its pod waits through a crash restart and a drain); a failed check is
+    raised to the test."""
     gen = generation(gen_name)
     with PodEnv(gen, annotations=ANNOTATIONS, backends=3, label="observe") as env:
         by_ip = {backend.ip: name for name, backend in env.backends.items()}
@@ -255,3 +265,29 @@ def test_access_log_and_varnish_metrics(gen_name: str) -> None:
         assert restarted["varnish_main_cache_miss"] <= len(probes) + 1, "counters start over"
         for name in ("cache-access-log", "cache-varnish-exporter"):
             assert not env.runner.states[name].restarts, env.runner.log_tail(name)
+
+        # Pod deletion: requests other pods send during cache-varnish's drain (its preStop
+        # sleep, 5 s) are logged too - the readers sleep as long, then stop before Varnish.
+        began = env.runner.delete()
+        drained = []
+        while time.monotonic() - began < 4:
+            drained.append(env.http.get("/static/drain", source=OTHER_CLIENT_IP, timeout=5))
+            sleep(0.2)
+        termination = env.runner.wait_terminated(timeout=60)
+        assert termination is not None, env.diagnostics()
+        assert all(r.status == 200 for r in drained), [r.describe() for r in drained][:3]
+        during = [x for x in access_lines(env) if x["url"] == "/static/drain"]
+        assert len(during) == len(drained), (len(during), len(drained))
+        assert termination.order()[:2] == ["cache-varnish-exporter", "cache-access-log"], (
+            termination.order()
+        )
+        record("15 access log", gen.label, "drain requests logged", f"{len(during)}/{len(drained)}")
+
+
+@pytest.mark.parametrize(
+    "gen_name", [pytest.param(g, marks=background(observe_pod, g)) for g in ("newest", "oldest")]
+)
+def test_access_log_and_varnish_metrics(
+    gen_name: str, scenarios: Scenarios, request: pytest.FixtureRequest
+) -> None:
+    scenarios.outcome(request.node)
