@@ -270,7 +270,7 @@ def observe_pod(gen_name: str) -> None:
         # sleep, 5 s) are logged too - the readers sleep as long, then stop before Varnish.
         began = env.runner.delete()
         drained = []
-        while time.monotonic() - began < 4:
+        while time.monotonic() - began < 3:  # 2 s before the 5 s preStop sleeps end
             drained.append(env.http.get("/static/drain", source=OTHER_CLIENT_IP, timeout=5))
             sleep(0.2)
         termination = env.runner.wait_terminated(timeout=60)
