@@ -95,6 +95,23 @@ def metric_names_used() -> set[str]:
     return set(re.findall(r"\b((?:varnish|haproxy)_[a-z0-9_]+)\b", text))
 
 
+def running(env: PodEnv, container: str, program: str) -> bool:
+    """The container's PID 1 is its program now (past the runner's sh and setpriv)."""
+    pid = env.runner.states[container].main_pid
+    try:
+        return pid is not None and Path(f"/proc/{pid}/comm").read_text().strip() == program[:15]
+    except OSError:
+        return False
+
+
+def maps(env: PodEnv, container: str) -> str:
+    pid = env.runner.states[container].main_pid
+    try:
+        return Path(f"/proc/{pid}/maps").read_text() if pid else ""
+    except OSError:
+        return ""
+
+
 def memory_mib(env: PodEnv, container: str) -> dict[str, float]:
     """MiB of the container's main process: VmRSS, its anonymous part (what its cgroup pays
     for alone) and shared memory (Varnish's log and counters, charged to cache-varnish,
@@ -124,6 +141,21 @@ def observe_pod(gen_name: str) -> None:
             c["securityContext"]["runAsUser"]
             for c in env.manifest["spec"]["initContainers"]
             if c["name"] == "cache-varnish"
+        )
+        # The readers are the last containers started, without probes: wait until each runs
+        # its program (setpriv applied), and varnishncsa has mapped the child's log. A kubelet
+        # gives no such wait: see docs/observability.md ("Start").
+        for name, program in (
+            ("cache-access-log", "varnishncsa"),
+            ("cache-varnish-exporter", "prometheus_varnish_exporter"),
+        ):
+            assert wait_for(lambda n=name, p=program: running(env, n, p), timeout=20) is not None, (
+                env.runner.log_tail(name)
+            )
+        attach = wait_for(lambda: "/_.vsm_child/" in maps(env, "cache-access-log"), timeout=20)
+        assert attach is not None, env.runner.log_tail("cache-access-log")
+        record(
+            "15 access log", gen.label, "further wait for varnishncsa to map the log (s)", attach
         )
         for name in ("cache-access-log", "cache-varnish-exporter"):
             who = env.runner.identity(name)
