@@ -7,6 +7,7 @@ errors. A new connection per request, as a client pod behind a Service would mos
 from __future__ import annotations
 
 import http.client
+import itertools
 import threading
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ class Reply:
     body: str
     elapsed: float
     error: str | None = None
+    reason: str = ""
 
     @property
     def ok(self) -> bool:
@@ -75,7 +77,15 @@ class Client:
             for name, value in response.getheaders():
                 key = name.lower()
                 collected[key] = f"{collected[key]}\n{value}" if key in collected else value
-            return Reply(began, path, response.status, collected, body, time.monotonic() - began)
+            return Reply(
+                began,
+                path,
+                response.status,
+                collected,
+                body,
+                time.monotonic() - began,
+                reason=response.reason,
+            )
         except (OSError, http.client.HTTPException) as err:
             error = f"{type(err).__name__}: {err}"
             return Reply(began, path, 0, {}, "", time.monotonic() - began, error)
@@ -165,6 +175,18 @@ def between(replies: Iterable[Reply], start: float, end: float = float("inf")) -
 
 def pods(replies: Iterable[Reply]) -> Counter[str]:
     return Counter(reply.pod for reply in replies if reply.ok)
+
+
+def largest_gap(replies: Iterable[Reply], start: float, end: float) -> float:
+    """The longest stretch of [start, end] in which no request was sent (edges included).
+
+    Traffic tests assert this, not a request count: on a loaded machine the generator sends
+    fewer requests than its nominal rate, which says nothing about the pod; a long silence
+    would mean part of the window went unchecked.
+    """
+    times = sorted(reply.at for reply in replies if start <= reply.at <= end)
+    points = [start, *times, end]
+    return max(later - earlier for earlier, later in itertools.pairwise(points))
 
 
 def error_summary(replies: Iterable[Reply], origin: float, limit: int = 8) -> str:

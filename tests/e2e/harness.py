@@ -128,6 +128,8 @@ class PodEnv:
         policy: str | None = None,
         before_start: Callable[[PodEnv], None] | None = None,
         label: str = "pod",
+        secrets: Mapping[str, Mapping[str, str]] | None = None,
+        pod_name: str = "web-0",
     ) -> None:
         with _counter_lock:
             number = next(_counter)
@@ -146,6 +148,8 @@ class PodEnv:
         self.policy = policy  # policy YAML for `cache-injector inject --policy`
         self.before_start = before_start  # called just before the pod's containers start
         self.label = label
+        self.secrets = dict(secrets or {})  # Secrets of namespace shop: name -> key -> value
+        self.pod_name = pod_name
         self.backends: dict[str, BackendPod] = {}
         self._next_backend = itertools.count(0)
         self.netns: Netns | None = None
@@ -182,6 +186,8 @@ class PodEnv:
         for _ in range(self.initial_backends):
             self.add_backend()
         pod = self.pod_manifest or make_pod({})
+        if not self.pod_manifest:
+            pod["metadata"]["name"] = self.pod_name
         pod["metadata"]["annotations"] = {**self.annotations, **pod["metadata"]["annotations"]}
         self.manifest = inject(pod, NAMESPACE, workdir=self.workdir, policy=self.policy)
         notes = self.manifest["metadata"]["annotations"]
@@ -197,6 +203,7 @@ class PodEnv:
             nameserver=DNS_IP,
             daemons=self.programs(),
             workdir=self.workdir,
+            secrets=self.secrets,
         )
         self.client = Client(self.netns, POD_IP, LISTEN_PORT)
         if self.before_start:

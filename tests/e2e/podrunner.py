@@ -49,11 +49,11 @@ from typing import Any
 import yaml
 
 from tests.e2e.netns import Netns
+from webhook.engine.values import parse_size
 
 BASE_DIR = Path(os.environ.get("CACHE_INJECTOR_E2E_DIR", "/var/tmp/cache-injector-e2e"))
 PID1 = Path(__file__).with_name("pid1.py")  # forks the container's PID 1, reports its exit
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-QUANTITY = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "k": 1000, "M": 1000**2, "G": 1000**3}
 
 # The kubelet's numbers (pkg/kubelet/kubelet.go, kuberuntime_container.go).
 DEFAULT_GRACE_SECONDS = 30  # terminationGracePeriodSeconds when the pod sets none
@@ -61,13 +61,6 @@ MINIMUM_GRACE_SECONDS = 2  # minimumGracePeriodInSeconds: never less to stop a c
 BACKOFF_INITIAL_SECONDS = 10.0  # backOffPeriod
 BACKOFF_MAX_SECONDS = 300.0  # MaxContainerBackOff
 TEARDOWN_GRACE_SECONDS = 10  # close(): the test's own clean-up, not a kubelet behaviour
-
-
-def parse_quantity(text: str) -> int:
-    for suffix, factor in QUANTITY.items():
-        if text.endswith(suffix):
-            return int(float(text[: -len(suffix)]) * factor)
-    return int(text)
 
 
 def inject(
@@ -161,11 +154,25 @@ class Container:
     pre_stop: Hook | None = None
 
 
-def _env(items: list[Mapping[str, Any]], metadata: Mapping[str, Any], pod_ip: str) -> list:
+def _env(
+    items: list[Mapping[str, Any]],
+    metadata: Mapping[str, Any],
+    pod_ip: str,
+    secrets: Mapping[str, Mapping[str, str]],
+) -> list:
     out = []
     for item in items:
         if "value" in item:
             out.append((item["name"], str(item["value"])))
+            continue
+        secret = item.get("valueFrom", {}).get("secretKeyRef")
+        if secret is not None:
+            # As the kubelet: an optional reference to a missing Secret or key sets nothing.
+            value = (secrets.get(secret["name"]) or {}).get(secret["key"])
+            if value is None and not secret.get("optional"):
+                raise NotImplementedError(f"env {item}: a required Secret that is missing")
+            if value is not None:
+                out.append((item["name"], value))
             continue
         path = item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
         known = {
@@ -193,7 +200,14 @@ class PodSpec:
     restart_policy: str = "Always"
 
     @classmethod
-    def parse(cls, manifest: Mapping[str, Any], *, pod_ip: str, prefix: str = "cache-") -> PodSpec:
+    def parse(
+        cls,
+        manifest: Mapping[str, Any],
+        *,
+        pod_ip: str,
+        prefix: str = "cache-",
+        secrets: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> PodSpec:
         metadata = dict(manifest.get("metadata") or {})
         spec = manifest.get("spec") or {}
         containers = []
@@ -217,7 +231,7 @@ class PodSpec:
                 Container(
                     name=raw["name"],
                     argv=tuple(str(a) for a in [*(raw.get("command") or []), *raw.get("args", [])]),
-                    env=tuple(_env(raw.get("env") or [], metadata, pod_ip)),
+                    env=tuple(_env(raw.get("env") or [], metadata, pod_ip, secrets or {})),
                     mounts=tuple(
                         Mount(m["name"], m["mountPath"], bool(m.get("readOnly")))
                         for m in raw.get("volumeMounts") or []
@@ -373,10 +387,11 @@ class PodRunner:
         workdir: Path,
         cluster_domain: str = "cluster.local",
         config_maps: Mapping[str, Mapping[str, str]] | None = None,
+        secrets: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.netns = netns
         self.pod_ip = pod_ip
-        self.spec = PodSpec.parse(manifest, pod_ip=pod_ip)
+        self.spec = PodSpec.parse(manifest, pod_ip=pod_ip, secrets=secrets)
         self.workdir = workdir
         self.daemons = dict(daemons)  # program name on PATH -> binary
         self.config_maps = dict(config_maps or {})
@@ -491,7 +506,7 @@ class PodRunner:
             if empty_dir is not None and empty_dir.get("medium") == "Memory":
                 options = "mode=0777"
                 if empty_dir.get("sizeLimit"):
-                    options += f",size={parse_quantity(str(empty_dir['sizeLimit']))}"
+                    options += f",size={parse_size(str(empty_dir['sizeLimit']))}"
                 self._nsenter_mount(["-t", "tmpfs", "-o", options, "tmpfs"], name)
 
     def _nsenter_mount(self, args: list[str], volume: str) -> None:

@@ -1,4 +1,4 @@
-"""Scenario 15: the access log and the Varnish metrics of an injected pod, with the real
+"""Scenario 17: the access log and the Varnish metrics of an injected pod, with the real
 varnishncsa and prometheus_varnish_exporter reading cache-varnish's workdir from their own
 PID and mount namespaces (read-only mount, varnishd's uid) - both Varnish generations.
 
@@ -155,7 +155,7 @@ def observe_pod(gen_name: str) -> None:
         attach = wait_for(lambda: "/_.vsm_child/" in maps(env, "cache-access-log"), timeout=20)
         assert attach is not None, env.runner.log_tail("cache-access-log")
         record(
-            "15 access log", gen.label, "further wait for varnishncsa to map the log (s)", attach
+            "17 access log", gen.label, "further wait for varnishncsa to map the log (s)", attach
         )
         for name in ("cache-access-log", "cache-varnish-exporter"):
             who = env.runner.identity(name)
@@ -189,7 +189,7 @@ def observe_pod(gen_name: str) -> None:
         lines = access_lines(env)
         output = env.runner.log("cache-access-log")
         lost = sent - len(lines)
-        record("15 access log", gen.label, f"lines for {sent} requests at c={CLIENTS}", len(lines))
+        record("17 access log", gen.label, f"lines for {sent} requests at c={CLIENTS}", len(lines))
         assert seen is not None and lost == 0, f"{lost} of {sent} requests not logged\n" + (
             "\n".join(output.splitlines()[-10:])
         )
@@ -215,7 +215,7 @@ def observe_pod(gen_name: str) -> None:
         handled = Counter(x["handling"] for x in lines)
         client_saw = Counter(r.cache for r in [first, second, *load])
         assert handled["hit"] == client_saw["HIT"], (handled, client_saw)
-        record("15 access log", gen.label, "sample line", json.dumps(head[0]))
+        record("17 access log", gen.label, "sample line", json.dumps(head[0]))
 
         # The exporter (varnishstat -j of this generation) agrees with the log. Worker threads
         # add their counters to the totals when they go idle: poll briefly (bounded).
@@ -248,8 +248,8 @@ def observe_pod(gen_name: str) -> None:
         hit_ratio = varnish["varnish_main_cache_hit"] / (
             varnish["varnish_main_cache_hit"] + varnish["varnish_main_cache_miss"]
         )
-        record("15 metrics", gen.label, "hit ratio after the load", round(hit_ratio, 3))
-        record("15 metrics", gen.label, "varnish_* samples", sum(1 for k in varnish if "{" in k))
+        record("17 metrics", gen.label, "hit ratio after the load", round(hit_ratio, 3))
+        record("17 metrics", gen.label, "varnish_* samples", sum(1 for k in varnish if "{" in k))
         excerpt = [
             line
             for line in varnish_text.splitlines()
@@ -259,10 +259,10 @@ def observe_pod(gen_name: str) -> None:
                 line,
             )
         ]
-        record("15 metrics", gen.label, "scrape excerpt", " | ".join(excerpt))
+        record("17 metrics", gen.label, "scrape excerpt", " | ".join(excerpt))
         for name in ("cache-access-log", "cache-varnish-exporter"):
             for key, value in memory_mib(env, name).items():
-                record("15 memory after load", gen.label, f"{name} {key} MiB", value)
+                record("17 memory after load", gen.label, f"{name} {key} MiB", value)
 
         # varnishd crashes and restarts over the same workdir: both readers follow the new
         # instance on their own (neither container restarts). varnishncsa re-attaches a few
@@ -286,12 +286,12 @@ def observe_pod(gen_name: str) -> None:
         first = next(at for at, url in probes if url in urls)
         unlogged = sum(1 for at, url in probes if url not in urls and at < first)
         record(
-            "15 access log",
+            "17 access log",
             gen.label,
             "after a varnishd restart: first logged request (s after ready)",
             round(first - restart["ready"], 1),
         )
-        record("15 access log", gen.label, "requests before it, not logged", unlogged)
+        record("17 access log", gen.label, "requests before it, not logged", unlogged)
         restarted = samples(scrape(env, EXPORTER_PORT))
         assert restarted["varnish_up"] == 1, restarted
         assert restarted["varnish_main_cache_miss"] <= len(probes) + 1, "counters start over"
@@ -313,7 +313,7 @@ def observe_pod(gen_name: str) -> None:
         assert termination.order()[:2] == ["cache-varnish-exporter", "cache-access-log"], (
             termination.order()
         )
-        record("15 access log", gen.label, "drain requests logged", f"{len(during)}/{len(drained)}")
+        record("17 access log", gen.label, "drain requests logged", f"{len(during)}/{len(drained)}")
 
 
 @pytest.mark.parametrize(

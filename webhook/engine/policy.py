@@ -28,17 +28,67 @@ DEFAULT_IMAGES = {
     # Varnish 8.0's varnishstat): push it and set images.varnishExporter.
     "varnish_exporter": "cache-injector/varnish-exporter:8.0",
 }
-# The Varnish workdir holds the shared-memory log (vsl_space, 80 MB by default): a smaller
-# Memory emptyDir makes varnishd fail at launch ("Child failed on launch").
-VARNISH_WORKDIR_SIZE = 128 * values.MIB
-# Allocator overhead and threads beyond cache + Transient + workdir (measured: DESIGN.md).
-VARNISH_MEMORY_HEADROOM = 64 * values.MIB
+# Varnish's shared-memory log (vsl_space, 80M by default: 80 % of an idle pod's memory). It
+# must be big enough that varnishlog/varnishncsa attached to the pod keep up with a c=8 HIT
+# load without being overrun. Measured (Varnish 8.0, 20-40 k req/s, bench/datapath): 1M and
+# 2M overran, 4M overran in 1 of 2 runs (8.0's varnishncsa then died on an assert), 8M lost
+# no record in any run, on 7.1 either. So an access-log reader needs no bigger log.
+VARNISH_LOG_SIZE = 8 * values.MIB
+# The workdir emptyDir (tmpfs, charged to the container): the log, plus counters, the
+# compiled VCLs and the panic buffer (under 1 MiB at idle). Smaller than the log and
+# varnishd fails at launch ("Child failed on launch").
+VARNISH_WORKDIR_SIZE = VARNISH_LOG_SIZE + 8 * values.MIB
+# Besides cache, Transient and workdir: threads, sessions, VCL, allocator (measured idle
+# 5-8 MiB PSS, after 64 concurrent clients a few MiB more).
+VARNISH_BASE_MEMORY = 32 * values.MIB
+# What each object costs outside -s malloc (objcore, objhead, storage header, allocator),
+# and the least -s malloc storage one takes (status, headers, a few bytes of body).
+# Measured with a stream of unique tiny objects (docs/design.md, "Small objects"): ~1.05 KB
+# outside for ~350 bytes inside; a cache full of them holds 3x its size outside storage.
+VARNISH_OBJECT_OVERHEAD = 1152
+VARNISH_SMALLEST_OBJECT = 352
 MIN_CACHE_SIZE = 16 * values.MIB
 
 
-def varnish_memory_limit(cache_size: int, transient_size: int) -> int:
-    """The least memory limit under which cache-varnish is not OOM-killed when full."""
-    return cache_size + transient_size + VARNISH_WORKDIR_SIZE + VARNISH_MEMORY_HEADROOM
+def _whole_mib(size: int) -> int:
+    return -(-size // values.MIB) * values.MIB
+
+
+def varnish_memory_headroom(cache_size: int, transient_size: int) -> int:
+    """Memory beyond cache + Transient + workdir: a fixed base plus the per-object cost of
+    as many objects as both storages can hold, so it follows the cache size (a fixed
+    headroom held for big objects and was OOM-killed by a stream of tiny ones)."""
+    objects = (cache_size + transient_size) // VARNISH_SMALLEST_OBJECT
+    return _whole_mib(VARNISH_BASE_MEMORY + objects * VARNISH_OBJECT_OVERHEAD)
+
+
+def varnish_memory_limit(
+    cache_size: int, transient_size: int, workdir_size: int = VARNISH_WORKDIR_SIZE
+) -> int:
+    """The least memory limit under which cache-varnish is not OOM-killed when full, even
+    of the smallest objects: cache + Transient + workdir + headroom."""
+    headroom = varnish_memory_headroom(cache_size, transient_size)
+    return cache_size + transient_size + workdir_size + headroom
+
+
+def varnish_memory_request(
+    cache_size: int, transient_size: int, workdir_size: int = VARNISH_WORKDIR_SIZE
+) -> int:
+    """The memory request when the policy sets none: a full cache of ordinary objects
+    (cache + workdir + base), not the tiny-object worst case the limit must hold for."""
+    del transient_size  # Transient holds passes in flight: usually empty
+    return cache_size + workdir_size + VARNISH_BASE_MEMORY
+
+
+def describe_memory_rule(cache: str, transient: str) -> str:
+    """The rule in words, for error messages and docs."""
+    return (
+        f"cache-size {cache} + transientSize {transient} + "
+        f"{values.format_quantity(VARNISH_WORKDIR_SIZE)} workdir + headroom "
+        f"({values.format_quantity(VARNISH_BASE_MEMORY)} + "
+        f"{VARNISH_OBJECT_OVERHEAD} bytes per {VARNISH_SMALLEST_OBJECT} bytes of cache and "
+        "Transient)"
+    )
 
 
 class StrictModel(BaseModel):
@@ -136,9 +186,10 @@ class SidecarResources(StrictModel):
     )
     varnish: Resources = Field(
         default_factory=lambda: Resources(requests=ResourceList(cpu="100m")),
-        description="cache-varnish resources. The memory limit (and, when unset, the request) "
-        "is never below cache-size + transientSize + 128Mi workdir + 64Mi headroom; a lower "
-        "limit here fails `policy check`.",
+        description="cache-varnish resources. The memory limit is never below cache-size + "
+        "transientSize + 16Mi workdir + headroom (32Mi + 1152 bytes per 352 bytes of cache "
+        "and Transient: what a cache full of the smallest objects needs); a lower limit here "
+        "fails `policy check`. An unset request is cache-size + 16Mi + 32Mi.",
     )
     # Measured in e2e after 484 requests at c=8 (docs/observability.md): varnishncsa 3.5 MiB
     # resident, 0.2 MiB of it its own (anonymous); the exporter 10 MiB (2.3 anonymous), plus
@@ -163,7 +214,10 @@ class Limits(StrictModel):
 
     max_cache_size: StrictStr = Field("4Gi", description="Largest cache-size a pod may ask for.")
     max_backends: StrictInt = Field(
-        128, ge=1, le=256, description="Largest max-backends a pod may ask for."
+        128,
+        ge=1,
+        le=names.OPTIONS_BY_NAME["max_backends"].high,  # the option's own bound: one place
+        description="Largest max-backends a pod may ask for.",
     )
 
 
@@ -294,22 +348,90 @@ def _pydantic_problems(err: PydanticValidationError) -> list[str]:
     return problems
 
 
+class OverLimit(ValueError):
+    """An option value that parses but passes a cluster policy limit."""
+
+
+def check_option(spec: names.OptionSpec, text: str, limits: Limits) -> object:
+    """Parse one option value and hold it to the policy's limits: the one definition of an
+    option's rules, for annotations (options.py) and for the policy's own defaults.
+
+    Raises ValueError (OverLimit for a limit) whose message is what is accepted.
+    """
+    accepted = accepted_text(spec, limits)
+    try:
+        value = values.parse_option_value(spec.kind, text, spec.low, spec.high)
+    except ValueError as err:
+        raise ValueError(str(err) or accepted) from None
+    if spec.name == "cache_size" and not (
+        MIN_CACHE_SIZE <= int(str(value)) <= values.parse_size(limits.max_cache_size)
+    ):
+        raise OverLimit(accepted)
+    if spec.name == "max_backends" and int(str(value)) > limits.max_backends:
+        raise OverLimit(accepted)
+    if spec.name == "listen_port" and value in (
+        names.HAPROXY_LOCAL_PORT,
+        names.HAPROXY_METRICS_PORT,
+    ):
+        raise ValueError(accepted)
+    return value
+
+
+@dataclass(frozen=True)
+class BackendProblem:
+    """One broken backend rule; `accepted` says what would be accepted instead."""
+
+    accepted: str
+    namespace_not_allowed: bool = False
+
+
+def check_backend(
+    backend: values.Backend, discovery: str, namespace: str | None, policy: Policy | None
+) -> list[BackendProblem]:
+    """The backend rules, for a pod's options and the policy's namespace defaults alike:
+    dns-a needs a port number, dns-srv a port name, and the Service's namespace must be one
+    `namespace` may target (checked when both namespace and policy are known).
+    """
+    problems: list[BackendProblem] = []
+    if discovery == "dns-a" and isinstance(backend.port, str):
+        problems.append(
+            BackendProblem(
+                "with discovery dns-a the port must be a number (1-65535): A records carry no "
+                "port; a Service port name needs discovery dns-srv"
+            )
+        )
+    if discovery == "dns-srv" and isinstance(backend.port, int):
+        problems.append(
+            BackendProblem(
+                "with discovery dns-srv the port must be a Service port name (SRV records are "
+                "_PORTNAME._tcp.SERVICE...), such as web:http"
+            )
+        )
+    if (
+        backend.namespace
+        and namespace is not None
+        and policy is not None
+        and not policy.may_target(namespace, backend.namespace)
+    ):
+        problems.append(
+            BackendProblem(
+                f"a Service in namespace {namespace}; the cluster policy does not let "
+                f"{namespace} use Services in {backend.namespace} (add it to "
+                f"namespaces.{namespace}.allowedBackendNamespaces)",
+                namespace_not_allowed=True,
+            )
+        )
+    return problems
+
+
 def _check_option_values(path: str, options: dict[str, str], limits: Limits) -> list[str]:
     problems: list[str] = []
-    max_cache = values.parse_size(limits.max_cache_size)
     for name, text in options.items():
         spec = names.OPTIONS_BY_NAME[name]
-        where = f"{path}.{spec.suffix}"
         try:
-            parsed = values.parse_option_value(spec.kind, text, spec.low, spec.high)
+            check_option(spec, text, limits)
         except ValueError as err:
-            accepted = str(err) or accepted_text(spec, limits)
-            problems.append(f"{where}: {json.dumps(text)}: {accepted}")
-            continue
-        if name == "cache_size" and not MIN_CACHE_SIZE <= int(str(parsed)) <= max_cache:
-            problems.append(f"{where}: {json.dumps(text)}: {accepted_text(spec, limits)}")
-        if name == "max_backends" and int(str(parsed)) > limits.max_backends:
-            problems.append(f"{where}: {json.dumps(text)}: {accepted_text(spec, limits)}")
+            problems.append(f"{path}.{spec.suffix}: {json.dumps(text)}: {err}")
     return problems
 
 
@@ -348,7 +470,8 @@ def _check_semantics(model: PolicyModel) -> list[str]:
     max_cache = _check_quantity("limits.maxCacheSize", model.limits.max_cache_size, problems)
     if max_cache is not None and max_cache < MIN_CACHE_SIZE:
         problems.append(
-            f"limits.maxCacheSize: {json.dumps(model.limits.max_cache_size)}: at least 16Mi"
+            f"limits.maxCacheSize: {json.dumps(model.limits.max_cache_size)}: at least "
+            f"{values.format_quantity(MIN_CACHE_SIZE)}"
         )
     if problems:
         return problems  # the option checks below need a valid limit
@@ -399,38 +522,28 @@ def _check_semantics(model: PolicyModel) -> list[str]:
         if size is not None and size < needed:
             problems.append(
                 f"resources.varnish.limits.memory: {json.dumps(limit)}: at least "
-                f"{values.format_quantity(needed)} (cache-size {default_cache} + transientSize "
-                f"{model.transient_size} + 128Mi workdir + 64Mi headroom), or leave it unset "
-                "to have it computed"
+                f"{values.format_quantity(needed)} "
+                f"({describe_memory_rule(default_cache, model.transient_size)}), "
+                "or leave it unset to have it computed"
             )
     return problems
 
 
 def _check_backends(policy: Policy) -> list[str]:
-    """Namespace default backends must be ones that namespace may target and can discover."""
+    """Default backends (cluster-wide and per namespace) must be discoverable, and a
+    namespace's must be one that namespace may target."""
     problems: list[str] = []
-    for namespace, entry in policy.namespace_options.items():
-        merged = {**policy.defaults, **entry}
+    scopes: list[tuple[str, str | None, dict[str, str]]] = [("defaults", None, policy.defaults)] + [
+        (f"namespaces.{ns}", ns, {**policy.defaults, **entry})
+        for ns, entry in policy.namespace_options.items()
+    ]
+    for path, namespace, merged in scopes:
         if "backend" not in merged:
             continue
         backend = values.parse_backend(merged["backend"])
-        where = f"namespaces.{namespace}.backend"
-        if backend.namespace and not policy.may_target(namespace, backend.namespace):
-            problems.append(
-                f"{where}: {json.dumps(merged['backend'])}: a Service in {namespace}, or add "
-                f"{backend.namespace} to namespaces.{namespace}.allowedBackendNamespaces"
-            )
-        discovery = merged.get("discovery", "dns-a")
-        if discovery == "dns-a" and isinstance(backend.port, str):
-            problems.append(
-                f"{where}: {json.dumps(merged['backend'])}: a port number with discovery "
-                "dns-a; a port name needs discovery dns-srv"
-            )
-        if discovery == "dns-srv" and isinstance(backend.port, int):
-            problems.append(
-                f"{where}: {json.dumps(merged['backend'])}: a Service port name with "
-                "discovery dns-srv (SRV records are named _PORTNAME._tcp)"
-            )
+        discovery = merged.get("discovery", names.OPTIONS_BY_NAME["discovery"].default or "")
+        for problem in check_backend(backend, discovery, namespace, policy):
+            problems.append(f"{path}.backend: {json.dumps(merged['backend'])}: {problem.accepted}")
     return problems
 
 

@@ -17,6 +17,7 @@ import jinja2
 
 from .. import __version__
 from . import names
+from .memo import BoundedMemo
 from .options import Options
 
 TEMPLATE_VCL = "default.vcl.j2"
@@ -99,18 +100,33 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "grace": options.grace,
         "local_port": names.HAPROXY_LOCAL_PORT,
         "metrics_port": names.HAPROXY_METRICS_PORT,
+        "fd_hard_limit": names.HAPROXY_FD_HARD_LIMIT,
         "run_dir": names.HAPROXY_RUN_DIR,
         "health_uri": names.HAPROXY_HEALTH_PATH,
         "backends_up_path": names.HAPROXY_BACKENDS_UP_PATH,
         "ready_path": names.VARNISH_READY_PATH,
         "backend_header": names.HEADER_CACHE_BACKEND,
         "access_log": options.access_log,
+        "purge_secret": names.PURGE_SECRET,
+        "purge_secret_key": names.PURGE_SECRET_KEY,
+        "token_env": names.PURGE_TOKEN_ENV,
+        "token_header": names.PURGE_TOKEN_HEADER,
+        "purge_path": names.PURGE_PATH,
+        "ban_path": names.BAN_PATH,
     }
 
 
-@functools.lru_cache(maxsize=1024)
+_RENDERED: BoundedMemo[tuple[Options, Target, Templates], RenderedConfigs] = BoundedMemo(1024)
+
+
 def render_configs(options: Options, target: Target, templates: Templates) -> RenderedConfigs:
-    """Both configs for one pod. Pure and cached: pods of one workload render once."""
-    context = _template_values(options, target)
-    vcl = None if options.vcl_configmap else templates.vcl.render(context)
-    return RenderedConfigs(vcl=vcl, haproxy_cfg=templates.haproxy_cfg.render(context))
+    """Both configs for one pod. Pure and memoized: pods of one workload render once."""
+    key = (options, target, templates)
+    rendered = _RENDERED.get(key)
+    if rendered is None:
+        context = _template_values(options, target)
+        vcl = None if options.vcl_configmap else templates.vcl.render(context)
+        rendered = _RENDERED.put(
+            key, RenderedConfigs(vcl=vcl, haproxy_cfg=templates.haproxy_cfg.render(context))
+        )
+    return rendered
