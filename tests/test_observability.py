@@ -3,14 +3,18 @@ Their behaviour with the real varnishncsa and exporter is tests/e2e/test_observe
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import jsonpatch
 import pytest
 
 from tests.conftest import make_pod, policy_from
 from tests.test_inject import container, injected_pod, run
 from webhook.engine import names
 from webhook.engine.errors import InvalidPolicy, PortClash
+from webhook.engine.inject import inject_pod
+from webhook.engine.patch import uninject
 from webhook.engine.policy import Policy
 from webhook.engine.render import Templates
 
@@ -183,3 +187,29 @@ def test_a_declared_reader_is_kept_when_its_option_is_off(
     )
     merged = container(completed, "cache-access-log")
     assert merged["image"] == "example/logger:1" and merged["command"][0] == "varnishncsa"
+
+
+@pytest.mark.parametrize("labels", [True, False])
+def test_uninject_takes_out_the_label_the_readers_and_the_scrape_annotations(
+    templates: Templates, labels: bool
+) -> None:
+    policy = policy_from({"prometheusAnnotations": True})
+    pod = make_pod(annotations=BOTH)
+    if not labels:  # selected by its namespace's label: the injector creates the map
+        del pod["metadata"]["labels"]
+    original = copy.deepcopy(pod)
+    outcome = inject_pod(
+        pod,
+        namespace="shop",
+        operation="CREATE",
+        policy=policy,
+        templates=templates,
+        namespace_labels={names.LABEL_INJECT: names.LABEL_ENABLED},
+    )
+    assert outcome.injected, outcome.decision
+    injected = jsonpatch.apply_patch(copy.deepcopy(pod), outcome.patch)
+    assert injected["metadata"]["labels"][names.LABEL_INJECTED] == "true"
+    assert injected["metadata"]["annotations"]["prometheus.io/port"] == "9131"
+    removed = uninject(injected)
+    assert f"label {names.LABEL_INJECTED}" in removed
+    assert injected == original
