@@ -136,7 +136,5 @@ sub vcl_deliver {
     } else {
         set resp.http.X-Cache = "MISS";
     }
-    # The backend pod HAProxy chose (stored with the object): for the access log, which
-    # reads it from the shared memory log; clients never see pod addresses.
     unset resp.http.X-Cache-Backend;
 }
