@@ -11,11 +11,11 @@ import pytest
 
 from tests.conftest import make_pod, policy_from
 from tests.test_inject import container, injected_pod, run
-from webhook.engine import names
+from webhook.engine import names, values
 from webhook.engine.errors import InvalidPolicy, PortClash
 from webhook.engine.inject import inject_pod
 from webhook.engine.patch import uninject
-from webhook.engine.policy import Policy
+from webhook.engine.policy import VARNISH_LOG_SIZE, Policy
 from webhook.engine.render import Templates
 
 P = "cache-injector.io/"
@@ -213,3 +213,25 @@ def test_uninject_takes_out_the_label_the_readers_and_the_scrape_annotations(
     removed = uninject(injected)
     assert f"label {names.LABEL_INJECTED}" in removed
     assert injected == original
+
+
+def test_the_workdir_holds_a_second_log_with_the_access_log(
+    policy: Policy, templates: Templates
+) -> None:
+    """varnishncsa keeps the old log mapped across a varnishd restart (e2e scenario 17)."""
+
+    def workdir_limit(annotations: dict[str, str]) -> str:
+        pod = injected_pod(make_pod(annotations=annotations), policy, templates)
+        volume = next(
+            v for v in pod["spec"]["volumes"] if v["name"] == names.VOLUME_VARNISH_WORKDIR
+        )
+        limit: str = volume["emptyDir"]["sizeLimit"]
+        return limit
+
+    plain, metrics, logged = (
+        workdir_limit({}),
+        workdir_limit({P + "metrics": "true"}),
+        workdir_limit({P + "access-log": "true"}),
+    )
+    assert plain == metrics
+    assert values.parse_size(logged) == values.parse_size(plain) + VARNISH_LOG_SIZE

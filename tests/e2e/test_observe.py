@@ -218,14 +218,17 @@ def observe_pod(gen_name: str) -> None:
         record("17 access log", gen.label, "sample line", json.dumps(head[0]))
 
         # The exporter (varnishstat -j of this generation) agrees with the log. Worker threads
-        # add their counters to the totals when they go idle: poll briefly (bounded).
+        # add their own counts to the totals in batches (thread_stats_rate) and only when the
+        # pool's lock is free, so a few may stay behind until that thread works again: poll
+        # for the exact figures (bounded), then allow a few missing, never extra.
         scraped: list[str] = []
 
         def counted() -> bool:
             scraped.append(scrape(env, EXPORTER_PORT))
             now = samples(scraped[-1])
-            return now["varnish_main_cache_hit"] + now["varnish_main_cache_miss"] >= (
-                handled["hit"] + handled["miss"]
+            return (now["varnish_main_cache_hit"], now["varnish_main_cache_miss"]) == (
+                handled["hit"],
+                handled["miss"],
             )
 
         wait_for(counted, timeout=10, interval=0.5)
@@ -236,8 +239,11 @@ def observe_pod(gen_name: str) -> None:
         assert any(
             key.startswith("varnish_version{") and f'version="{version}' in key for key in varnish
         ), [key for key in varnish if key.startswith("varnish_version")]
-        assert varnish["varnish_main_cache_hit"] == handled["hit"], (varnish, handled)
-        assert varnish["varnish_main_cache_miss"] == handled["miss"], (varnish, handled)
+        behind = {
+            kind: handled[kind] - varnish[f"varnish_main_cache_{kind}"] for kind in ("hit", "miss")
+        }
+        record("17 metrics", gen.label, "lookups the counters had not summed yet", behind)
+        assert all(0 <= n <= 2 * CLIENTS for n in behind.values()), (behind, handled)
         assert varnish["varnish_main_s_pass"] >= handled["pass"]
         haproxy_text = scrape(env, METRICS_PORT)
         haproxy = samples(haproxy_text)
