@@ -9,7 +9,7 @@ SHARED ?= ../shared
 export SHARED
 APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl prometheus-varnish-exporter
 
-.PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath clean
+.PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-slots clean
 
 setup: $(VENV)/.installed
 
@@ -88,6 +88,11 @@ bench: setup daemons wrk
 # MISS latency vs a plain varnishd) on both daemon generations; root and wrk needed.
 bench-datapath: setup daemons wrk
 	$(BIN)/python -m bench.datapath
+
+# Prints numbers, asserts nothing: cache-haproxy's memory per max-backends slot and DNS answer
+# sizes per Service size, on both generations; root needed.
+bench-slots: setup daemons
+	$(BIN)/python -m bench.slots
 
 # The load generator of both benchmarks (Debian's wrk, built with TLS).
 wrk:

@@ -47,6 +47,12 @@ MATRIX: list[tuple[str, dict[str, str], dict[str, object]]] = [
     ("sticky", {P + "sticky-sessions": "true"}, {}),
     ("sticky-secret", {P + "sticky-sessions": "true"}, {"stickySessionSecret": "s3cr3t"}),
     ("dns-srv", {P + "backend": "app:http", P + "discovery": "dns-srv"}, {}),
+    ("ip-family-ipv4", {P + "ip-family": "ipv4"}, {}),
+    (
+        "ip-family-ipv6",
+        {P + "ip-family": "ipv6", P + "discovery": "dns-srv", P + "backend": "app:http"},
+        {},
+    ),
     (
         "everything",
         {

@@ -218,7 +218,7 @@ def test_uninject_takes_out_the_label_the_readers_and_the_scrape_annotations(
 def test_the_workdir_holds_a_second_log_with_the_access_log(
     policy: Policy, templates: Templates
 ) -> None:
-    """varnishncsa keeps the old log mapped across a varnishd restart (e2e scenario 17)."""
+    """varnishncsa keeps the old log mapped across a varnishd restart (e2e scenario 19)."""
 
     def workdir_limit(annotations: dict[str, str]) -> str:
         pod = injected_pod(make_pod(annotations=annotations), policy, templates)

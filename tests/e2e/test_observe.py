@@ -1,4 +1,4 @@
-"""Scenario 17: the access log and the Varnish metrics of an injected pod, with the real
+"""Scenario 19: the access log and the Varnish metrics of an injected pod, with the real
 varnishncsa and prometheus_varnish_exporter reading cache-varnish's workdir from their own
 PID and mount namespaces (read-only mount, varnishd's uid) - both Varnish generations.
 
@@ -155,7 +155,7 @@ def observe_pod(gen_name: str) -> None:
         attach = wait_for(lambda: "/_.vsm_child/" in maps(env, "cache-access-log"), timeout=20)
         assert attach is not None, env.runner.log_tail("cache-access-log")
         record(
-            "17 access log", gen.label, "further wait for varnishncsa to map the log (s)", attach
+            "19 access log", gen.label, "further wait for varnishncsa to map the log (s)", attach
         )
         for name in ("cache-access-log", "cache-varnish-exporter"):
             who = env.runner.identity(name)
@@ -189,7 +189,7 @@ def observe_pod(gen_name: str) -> None:
         lines = access_lines(env)
         output = env.runner.log("cache-access-log")
         lost = sent - len(lines)
-        record("17 access log", gen.label, f"lines for {sent} requests at c={CLIENTS}", len(lines))
+        record("19 access log", gen.label, f"lines for {sent} requests at c={CLIENTS}", len(lines))
         assert seen is not None and lost == 0, f"{lost} of {sent} requests not logged\n" + (
             "\n".join(output.splitlines()[-10:])
         )
@@ -215,7 +215,7 @@ def observe_pod(gen_name: str) -> None:
         handled = Counter(x["handling"] for x in lines)
         client_saw = Counter(r.cache for r in [first, second, *load])
         assert handled["hit"] == client_saw["HIT"], (handled, client_saw)
-        record("17 access log", gen.label, "sample line", json.dumps(head[0]))
+        record("19 access log", gen.label, "sample line", json.dumps(head[0]))
 
         # The exporter (varnishstat -j of this generation) agrees with the log. Worker threads
         # add their own counts to the totals in batches (thread_stats_rate) and only when the
@@ -242,7 +242,7 @@ def observe_pod(gen_name: str) -> None:
         behind = {
             kind: handled[kind] - varnish[f"varnish_main_cache_{kind}"] for kind in ("hit", "miss")
         }
-        record("17 metrics", gen.label, "lookups the counters had not summed yet", behind)
+        record("19 metrics", gen.label, "lookups the counters had not summed yet", behind)
         assert all(0 <= n <= 2 * CLIENTS for n in behind.values()), (behind, handled)
         assert varnish["varnish_main_s_pass"] >= handled["pass"]
         haproxy_text = scrape(env, METRICS_PORT)
@@ -254,8 +254,8 @@ def observe_pod(gen_name: str) -> None:
         hit_ratio = varnish["varnish_main_cache_hit"] / (
             varnish["varnish_main_cache_hit"] + varnish["varnish_main_cache_miss"]
         )
-        record("17 metrics", gen.label, "hit ratio after the load", round(hit_ratio, 3))
-        record("17 metrics", gen.label, "varnish_* samples", sum(1 for k in varnish if "{" in k))
+        record("19 metrics", gen.label, "hit ratio after the load", round(hit_ratio, 3))
+        record("19 metrics", gen.label, "varnish_* samples", sum(1 for k in varnish if "{" in k))
         excerpt = [
             line
             for line in varnish_text.splitlines()
@@ -265,10 +265,10 @@ def observe_pod(gen_name: str) -> None:
                 line,
             )
         ]
-        record("17 metrics", gen.label, "scrape excerpt", " | ".join(excerpt))
+        record("19 metrics", gen.label, "scrape excerpt", " | ".join(excerpt))
         for name in ("cache-access-log", "cache-varnish-exporter"):
             for key, value in memory_mib(env, name).items():
-                record("17 memory after load", gen.label, f"{name} {key} MiB", value)
+                record("19 memory after load", gen.label, f"{name} {key} MiB", value)
 
         # varnishd crashes and restarts over the same workdir: both readers follow the new
         # instance on their own (neither container restarts). varnishncsa re-attaches a few
@@ -292,12 +292,12 @@ def observe_pod(gen_name: str) -> None:
         first = next(at for at, url in probes if url in urls)
         unlogged = sum(1 for at, url in probes if url not in urls and at < first)
         record(
-            "17 access log",
+            "19 access log",
             gen.label,
             "after a varnishd restart: first logged request (s after ready)",
             round(first - restart["ready"], 1),
         )
-        record("17 access log", gen.label, "requests before it, not logged", unlogged)
+        record("19 access log", gen.label, "requests before it, not logged", unlogged)
         restarted = samples(scrape(env, EXPORTER_PORT))
         assert restarted["varnish_up"] == 1, restarted
         assert restarted["varnish_main_cache_miss"] <= len(probes) + 1, "counters start over"
@@ -319,7 +319,7 @@ def observe_pod(gen_name: str) -> None:
         assert termination.order()[:2] == ["cache-varnish-exporter", "cache-access-log"], (
             termination.order()
         )
-        record("17 access log", gen.label, "drain requests logged", f"{len(during)}/{len(drained)}")
+        record("19 access log", gen.label, "drain requests logged", f"{len(during)}/{len(drained)}")
 
 
 @pytest.mark.parametrize(
