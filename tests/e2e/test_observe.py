@@ -30,7 +30,7 @@ from tests.e2e.harness import (
     generation,
     wait_for,
 )
-from tests.e2e.scenarios import Scenarios, background, record, sleep
+from tests.e2e.scenarios import Scenarios, background, lasts, record, sleep
 from tests.e2e.test_crash import crash_and_restart
 
 pytestmark = pytest.mark.e2e
@@ -129,6 +129,7 @@ def memory_mib(env: PodEnv, container: str) -> dict[str, float]:
     return out
 
 
+@lasts(25)  # 11.6-22.1 s alone (both generations at once)
 def observe_pod(gen_name: str) -> None:
     """The whole scenario, its checks included: it runs in the background with the other
     long scenarios (its pod waits through a crash restart and a drain); a failed check is
