@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # another); a relative path is relative to the repository. See docs/design.md "Layout".
 SHARED ?= ../shared
 export SHARED
-APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl
+APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl prometheus-varnish-exporter
 
 .PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-slots clean
 
@@ -20,10 +20,13 @@ $(VENV)/.installed: pyproject.toml
 
 # Debian's haproxy 2.6 / varnish 7.1 from apt when missing, and the newer builds when present.
 daemons:
-	@missing=""; for p in varnishd haproxy ip unshare curl; do command -v $$p >/dev/null || missing=1; done; \
+	@missing=""; for p in varnishd haproxy ip unshare curl prometheus-varnish-exporter; do command -v $$p >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
+	@# promtool (Debian's prometheus package) checks and unit-tests the chart's alert rules.
+	@command -v promtool >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@# install.sh exits 141 about one run in three once all is installed: its
 	@# `haproxy -v | head -1` gets SIGPIPE under pipefail. The binaries decide.
 	@if [ -x "$(SHARED)/daemons/install.sh" ]; then \
@@ -51,7 +54,8 @@ unit: setup
 e2e: setup daemons
 	$(BIN)/pytest -q -m e2e
 
-# One injected pod with 3 backend pods, run for real (root): HIT/MISS and which pod answered.
+# One injected pod with 3 backend pods, run for real (root): HIT/MISS, which pod answered,
+# the hit ratio from its own metrics and its access log lines.
 demo: setup daemons
 	$(BIN)/python -m tests.e2e.demo
 

@@ -70,6 +70,26 @@ def available() -> dict[str, str]:
     return found
 
 
+# Debian's build of prometheus_varnish_exporter 1.6.1 (`make daemons` installs it). It runs
+# `varnishstat -j` from PATH, so it reports whichever Varnish generation comes first there.
+EXPORTER = "/usr/bin/prometheus-varnish-exporter"
+
+
+def varnish_tool(varnishd: str, tool: str) -> str:
+    """varnishncsa/varnishstat of the same build as `varnishd` (sbin/ -> bin/)."""
+    return str(Path(varnishd).resolve().parent.parent / "bin" / tool)
+
+
+def require_exporter() -> str:
+    """The exporter binary, or skip (fail under CI) saying how to install it."""
+    if Path(EXPORTER).is_file() and os.access(EXPORTER, os.X_OK):
+        return EXPORTER
+    message = f"{EXPORTER} not installed; `make daemons` installs prometheus-varnish-exporter"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 HAPROXY_LABELS = [label for label, _ in _HAPROXY]
 VARNISH_LABELS = [label for label, _ in _VARNISH]
 NEWEST = {"haproxy": "haproxy-3.4", "varnish": "varnish-8.0"}

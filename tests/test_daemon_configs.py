@@ -69,6 +69,12 @@ MATRIX: list[tuple[str, dict[str, str], dict[str, object]]] = [
     ("cluster-domain", {}, {"clusterDomain": "k8s.example.internal"}),
     ("transient", {}, {"transientSize": "1Gi"}),
     ("vcl-configmap", {P + "vcl-configmap": "my-vcl"}, {}),
+    ("access-log-metrics", {P + "access-log": "true", P + "metrics": "true"}, {}),
+    (
+        "access-log-sticky",
+        {P + "access-log": "true", P + "sticky-sessions": "true", P + "health-path": "/h"},
+        {},
+    ),
 ]
 
 # Messages that are not warnings about our config.

@@ -103,6 +103,17 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "certs": existing_certs(),
         "serviceMonitor": {"enabled": True},
     },
+    "cache-monitoring": {
+        "cacheMonitoring": {
+            "podMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+            "prometheusRule": {"enabled": True, "hitRatioThreshold": 0.8, "severity": "page"},
+            "grafanaDashboard": {
+                "enabled": True,
+                "namespace": "monitoring",
+                "annotations": {"grafana_folder": "Caches"},
+            },
+        }
+    },
     "minimal": {
         "replicaCount": 1,
         "podDisruptionBudget": {"enabled": False},
@@ -253,6 +264,8 @@ def _custom_resource_models() -> dict[tuple[str, str], Any]:
         ("cert-manager.io/v1", "Certificate"): cert_manager.Certificate,
         ("cert-manager.io/v1", "Issuer"): cert_manager.Issuer,
         ("monitoring.coreos.com/v1", "ServiceMonitor"): prometheus.ServiceMonitor,
+        ("monitoring.coreos.com/v1", "PodMonitor"): prometheus.PodMonitor,
+        ("monitoring.coreos.com/v1", "PrometheusRule"): prometheus.PrometheusRule,
     }
 
 

@@ -37,6 +37,10 @@ STRING_MAPS = {
     "podLabels",
     "nodeSelector",
     "serviceMonitor.labels",
+    "cacheMonitoring.podMonitor.labels",
+    "cacheMonitoring.prometheusRule.labels",
+    "cacheMonitoring.grafanaDashboard.labels",
+    "cacheMonitoring.grafanaDashboard.annotations",
 }
 
 

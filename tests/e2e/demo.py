@@ -3,12 +3,14 @@
 Runs the same pod runner as the e2e tests (root needed): the pod `cache-injector inject`
 writes for a Deployment `web` whose cache fronts Service `app`, its sidecars started for
 real in a network namespace with cluster DNS, then a few requests to show HIT/MISS and
-which backend pod answered.
+which backend pod answered; then the hit ratio from the pod's own metrics (its
+cache-varnish-exporter) and the access log lines of those requests (cache-access-log).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 
@@ -24,6 +26,9 @@ from tests.e2e.harness import (
     root_cleanup,
 )
 from tests.e2e.podrunner import remove_mount_points
+from tests.e2e.test_observe import EXPORTER_PORT, access_lines, samples, scrape
+
+OBSERVE = {"cache-injector.io/access-log": "true", "cache-injector.io/metrics": "true"}
 
 
 def pick_generation() -> str:
@@ -44,7 +49,7 @@ def main() -> None:
     sweep_stale_runs()
     gen = generation(pick_generation())
     try:
-        with PodEnv(gen, backends=3, label="demo") as env:
+        with PodEnv(gen, annotations=OBSERVE, backends=3, label="demo") as env:
             ready = env.sidecar_start_seconds()
             print(
                 f"pod web-0 (namespace shop, IP {POD_IP}) with cache-haproxy + cache-varnish "
@@ -71,6 +76,22 @@ def main() -> None:
                 + ", ".join(r.pod for r in replies)
                 + "   (no-store: balanced over every pod)"
             )
+            for _ in range(50):  # the log reader follows within milliseconds; bounded
+                if len(access_lines(env)) >= 8:
+                    break
+                time.sleep(0.1)
+            varnish = samples(scrape(env, EXPORTER_PORT))
+            hits, misses = varnish["varnish_main_cache_hit"], varnish["varnish_main_cache_miss"]
+            ratio = hits / (hits + misses) if hits + misses else 0.0
+            print(
+                f"hit ratio from the pod's metrics (:{EXPORTER_PORT}/metrics): "
+                f"varnish_main_cache_hit {hits:.0f} / (hit + varnish_main_cache_miss "
+                f"{misses:.0f}) = {ratio:.2f}"
+            )
+            print("access log (container cache-access-log, one JSON line per request):")
+            for line in env.runner.log("cache-access-log").splitlines():
+                if line.startswith("{"):
+                    print("  " + line)
     finally:
         remove_mount_points()
         root_cleanup()

@@ -247,7 +247,7 @@ class PodEnv:
             netns=self.netns,
             pod_ip=family.pod_ip,
             nameserver=family.dns_ip,
-            daemons={"haproxy": self.gen.haproxy.path, "varnishd": self.gen.varnish.path},
+            daemons=self.programs(),
             workdir=self.workdir,
             secrets=self.secrets,
         )
@@ -259,6 +259,24 @@ class PodEnv:
         self.pod.start()
         for container, seconds in self.sidecar_start_seconds().items():
             record("sidecar time to ready", self.gen.label, f"{container} s", seconds)
+
+    def programs(self) -> dict[str, str]:
+        """What each container's image would put on PATH, from this generation: the daemons,
+        varnishncsa (cache-access-log) and, when the pod runs it, the exporter with the
+        generation's varnishstat (cache-varnish-exporter's image)."""
+        varnishd = self.gen.varnish.path
+        programs = {
+            "haproxy": self.gen.haproxy.path,
+            "varnishd": varnishd,
+            "varnishncsa": daemons.varnish_tool(varnishd, "varnishncsa"),
+            "varnishstat": daemons.varnish_tool(varnishd, "varnishstat"),
+        }
+        wanted = {str(c.get("name")) for c in self.manifest["spec"].get("initContainers") or []} | {
+            str(c.get("name")) for c in self.manifest["spec"].get("containers") or []
+        }
+        if "cache-varnish-exporter" in wanted:
+            programs["prometheus_varnish_exporter"] = daemons.require_exporter()
+        return programs
 
     def close(self) -> None:
         steps: list[Callable[[], None]] = []

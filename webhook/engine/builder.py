@@ -268,6 +268,111 @@ def build_varnish(options: Options, policy: Policy) -> JsonDict:
     return container
 
 
+def _workdir_reader(
+    name: str, image: str, command: list[str], options: Options, policy: Policy
+) -> JsonDict:
+    """A container that reads cache-varnish's workdir: the shared memory log and counters.
+
+    Read-only mount; the uid of varnishd (the files are 0640); VSM_NOPID=1 because varnishd
+    runs in another PID namespace, where its pid in _.pid means nothing (checked on Varnish
+    7.1 and 8.0: tests/e2e/test_observe.py).
+    """
+    model = policy.model
+    container: JsonDict = {
+        "name": name,
+        "image": image,
+        **_pull_policy(policy),
+        "command": command,
+        "env": [{"name": "VSM_NOPID", "value": "1"}],
+        "securityContext": _security_context(model.run_as_user.varnish),
+        "volumeMounts": [
+            {
+                "name": names.VOLUME_VARNISH_WORKDIR,
+                "mountPath": names.VARNISH_WORKDIR,
+                "readOnly": True,
+            }
+        ],
+    }
+    if options.drain_seconds:
+        # Keep reading while cache-varnish drains, so the drain's requests are logged and
+        # counted. Native sidecars stop in reverse order, these before cache-varnish: their
+        # sleep as long as its own, which runs at the same time, so they get SIGTERM when
+        # Varnish stops serving. As regular containers all get SIGTERM at once after their
+        # hooks: 1 s longer, as cache-haproxy.
+        if model.native_sidecars:
+            container["lifecycle"] = {"preStop": {"sleep": {"seconds": options.drain_seconds}}}
+        else:
+            seconds = str(options.drain_seconds + 1)
+            container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", seconds]}}}
+    return container
+
+
+def build_access_log(options: Options, policy: Policy) -> JsonDict:
+    """cache-access-log: varnishncsa, one JSON line per client request on stdout."""
+    container = _workdir_reader(
+        names.CONTAINER_ACCESS_LOG,
+        policy.model.images.varnish,
+        # -t off: wait for varnishd's workdir, should it not be there yet (nativeSidecars:
+        # false starts every container at once); -q: the kubelet's probes of /.cache/ready
+        # are not client requests.
+        [
+            "varnishncsa",
+            "-n",
+            names.VARNISH_WORKDIR,
+            "-t",
+            "off",
+            "-q",
+            f'ReqURL ne "{names.VARNISH_READY_PATH}"',
+            "-j",
+            "-F",
+            names.ACCESS_LOG_FORMAT,
+        ],
+        options,
+        policy,
+    )
+    container["resources"] = _resources(policy.model.resources.access_log)
+    return container
+
+
+def build_exporter(options: Options, policy: Policy) -> JsonDict:
+    """cache-varnish-exporter: `varnishstat -j` on every scrape, as Prometheus metrics."""
+    container = _workdir_reader(
+        names.CONTAINER_EXPORTER,
+        policy.model.images.varnish_exporter,
+        [
+            "prometheus_varnish_exporter",
+            "-n",
+            names.VARNISH_WORKDIR,
+            "-web.listen-address",
+            f":{names.EXPORTER_PORT}",
+            "-web.telemetry-path",
+            names.METRICS_PATH,
+            "-raw",
+        ],
+        options,
+        policy,
+    )
+    container["ports"] = [
+        {
+            "name": names.PORT_NAME_VARNISH_METRICS,
+            "containerPort": names.EXPORTER_PORT,
+            "protocol": "TCP",
+        }
+    ]
+    # No probes: the pod's readiness never depends on its metrics.
+    container["resources"] = _resources(policy.model.resources.varnish_exporter)
+    return container
+
+
+def workdir_size(options: Options) -> int:
+    """The workdir emptyDir's size. With the access log, room for one more log: when varnishd
+    restarts, varnishncsa still maps the old (deleted) log until it re-attaches, and with
+    room for one log only the new child could not create its own ("Child failed on launch",
+    on every restart: e2e scenario 19). Not counted in cache-varnish's memory limit: the old
+    log's pages were charged to the container instance that wrote them."""
+    return VARNISH_WORKDIR_SIZE + (VARNISH_LOG_SIZE if options.access_log else 0)
+
+
 def build_volumes(options: Options) -> list[JsonDict]:
     """Configs arrive through the downward API (no ConfigMaps created: no side effects)."""
 
@@ -304,7 +409,7 @@ def build_volumes(options: Options) -> list[JsonDict]:
             "name": names.VOLUME_VARNISH_WORKDIR,
             "emptyDir": {
                 "medium": "Memory",
-                "sizeLimit": values.format_quantity(VARNISH_WORKDIR_SIZE),
+                "sizeLimit": values.format_quantity(workdir_size(options)),
             },
         },
         # varnishd compiles the VCL with cc, which writes temporary files.
@@ -329,7 +434,9 @@ def declared_ports(pod_spec: Mapping[str, Any]) -> list[tuple[str, int, str | No
     return found
 
 
-def check_ports(pod_spec: Mapping[str, Any], listen_port: int) -> list[InvalidAnnotation]:
+def check_ports(
+    pod_spec: Mapping[str, Any], listen_port: int, *, metrics: bool = False
+) -> list[InvalidAnnotation]:
     """Every sidecar port and port name against the pod's own; each clash names both sides."""
     listen_key = names.OPTIONS_BY_NAME["listen_port"].key
     fixed = (
@@ -343,12 +450,21 @@ def check_ports(pod_spec: Mapping[str, Any], listen_port: int) -> list[InvalidAn
         names.HAPROXY_STATS_PORT: ("stats page, localhost only", fixed),
         listen_port: (listen_key, f"set {listen_key} to a free port from 1025 to 65535"),
     }
-    our_names = {names.PORT_NAME_HTTP, names.PORT_NAME_METRICS}
+    our_names = {names.PORT_NAME_HTTP, names.PORT_NAME_METRICS, names.PORT_NAME_VARNISH_METRICS}
+    sidecars = {listen_port: names.CONTAINER_VARNISH}
+    if metrics:
+        metrics_key = names.OPTIONS_BY_NAME["metrics"].key
+        ours[names.EXPORTER_PORT] = (
+            "Varnish metrics",
+            f"{names.CONTAINER_EXPORTER} always uses {names.EXPORTER_PORT}; set {metrics_key} "
+            "to false or move the container's port",
+        )
+        sidecars[names.EXPORTER_PORT] = names.CONTAINER_EXPORTER
     problems: list[InvalidAnnotation] = []
     for container, port, port_name in declared_ports(pod_spec):
         if port in ours:
             role, remedy = ours[port]
-            sidecar = names.CONTAINER_VARNISH if port == listen_port else names.CONTAINER_HAPROXY
+            sidecar = sidecars.get(port, names.CONTAINER_HAPROXY)
             key = listen_key if port == listen_port else f"container {container} port"
             problems.append(
                 PortClash(
@@ -363,8 +479,8 @@ def check_ports(pod_spec: Mapping[str, Any], listen_port: int) -> list[InvalidAn
                 PortClash(
                     f"container {container} port name",
                     str(port_name),
-                    f"the port names {names.PORT_NAME_HTTP} and {names.PORT_NAME_METRICS} "
-                    "belong to the cache sidecars; rename the container's port",
+                    f"the port names {', '.join(sorted(our_names))} belong to the cache "
+                    "sidecars; rename the container's port",
                 )
             )
     return problems
@@ -422,7 +538,11 @@ _BUILT: BoundedMemo[tuple[Options, str], tuple[list[JsonDict], list[JsonDict]]] 
 
 
 def build_sidecars(options: Options, policy: Policy) -> tuple[list[JsonDict], list[JsonDict]]:
-    """Our two containers (start order: HAProxy, then Varnish) and their volumes.
+    """Our containers and their volumes. Start order: HAProxy, Varnish, then the optional
+    readers of Varnish's workdir: started once varnishd runs (its startupProbe), varnishncsa
+    attaches at once; started before it, it re-attached up to seconds after the child was
+    up and missed the first requests (e2e scenario 19). They stop first, after a preStop
+    sleep as long as Varnish's drain.
 
     Memoized per (options, policy): the dicts are shared between reviews, so callers treat
     them as read-only (the CLI copies a patch before applying it to a document).
@@ -431,6 +551,10 @@ def build_sidecars(options: Options, policy: Policy) -> tuple[list[JsonDict], li
     built = _BUILT.get(key)
     if built is None:
         containers = [build_haproxy(options, policy), build_varnish(options, policy)]
+        if options.access_log:
+            containers.append(build_access_log(options, policy))
+        if options.metrics:
+            containers.append(build_exporter(options, policy))
         if policy.model.native_sidecars:
             containers = [native(container) for container in containers]
         built = _BUILT.put(key, (containers, build_volumes(options)))

@@ -83,6 +83,23 @@ def _grace_warning(pod: Mapping[str, Any], options: Options) -> list[str]:
     ]
 
 
+def _scrape_annotations(pod: Mapping[str, Any], options: Options, policy: Policy) -> dict[str, str]:
+    """prometheus.io/* (policy prometheusAnnotations), only on a pod that sets none itself:
+    one target per pod, the Varnish exporter when it runs (the hit ratio), else HAProxy."""
+    if not policy.model.prometheus_annotations:
+        return {}
+    existing = _annotations(pod)
+    keys = (
+        names.ANNOTATION_PROMETHEUS_SCRAPE,
+        names.ANNOTATION_PROMETHEUS_PORT,
+        names.ANNOTATION_PROMETHEUS_PATH,
+    )
+    if any(key in existing for key in keys):
+        return {}
+    port = names.EXPORTER_PORT if options.metrics else names.HAPROXY_METRICS_PORT
+    return dict(zip(keys, ("true", str(port), names.METRICS_PATH), strict=True))
+
+
 def inject_pod(
     pod: Mapping[str, Any],
     *,
@@ -114,7 +131,12 @@ def inject_pod(
         options = resolve_options(annotations, namespace=namespace, policy=policy)
     except InvalidOptions as err:
         listen_port = err.parsed.get("listen_port")
-        clashes = builder.check_ports(spec, listen_port) if isinstance(listen_port, int) else []
+        metrics = err.parsed.get("metrics") is True
+        clashes = (
+            builder.check_ports(spec, listen_port, metrics=metrics)
+            if isinstance(listen_port, int)
+            else []
+        )
         return _refuse(InvalidOptions([*err.problems, *clashes]), policy, warnings)
     if options.backend is None:
         backend_key = names.OPTIONS_BY_NAME["backend"].key
@@ -135,7 +157,7 @@ def inject_pod(
             options=options,
         )
 
-    problems = builder.check_ports(spec, options.listen_port)
+    problems = builder.check_ports(spec, options.listen_port, metrics=options.metrics)
     containers, volumes = builder.build_sidecars(options, policy)
     declared = builder.user_declared(spec)
     merged: list[dict[str, Any]] = []
@@ -151,7 +173,8 @@ def inject_pod(
     if problems:
         return _refuse(InvalidOptions(problems), policy, warnings)
     if names.CONTAINER_VARNISH in declared:  # ours always meets the memory-limit rule
-        memory_warning = builder.memory_limit_warning(merged[-1], options, policy)
+        varnish = next(c for c in merged if c["name"] == names.CONTAINER_VARNISH)
+        memory_warning = builder.memory_limit_warning(varnish, options, policy)
         warnings += [memory_warning] if memory_warning else []
     warnings += _grace_warning(pod, options)
 
@@ -160,12 +183,19 @@ def inject_pod(
     written = {names.ANNOTATION_HAPROXY_CFG: configs.haproxy_cfg}
     if configs.vcl is not None:
         written[names.ANNOTATION_VCL] = configs.vcl
+    written.update(_scrape_annotations(pod, options, policy))
     patch = build_patch(
         pod,
         containers=merged,
         volumes=volumes,
         annotations=written,
-        replaced={name: (group, index) for name, (group, index, _) in declared.items()},
+        # Only the containers we build replace the user's: a cache-access-log declared while
+        # access-log is off is the user's own and stays.
+        replaced={
+            name: (group, index)
+            for name, (group, index, _) in declared.items()
+            if any(c["name"] == name for c in containers)
+        },
         native=policy.model.native_sidecars,
         config_hash=configs.digest,
         revision=revision,

@@ -30,9 +30,20 @@ ANNOTATION_SAFE_TO_EVICT_LOCAL_VOLUMES = (
     "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"
 )
 
+# Set on every injected pod, so one PodMonitor (charts/cache-injector) finds them all.
+LABEL_INJECTED = PREFIX + "injected"
+LABEL_INJECTED_VALUE = "true"
+# The conventional scrape annotations (policy prometheusAnnotations: true).
+ANNOTATION_PROMETHEUS_SCRAPE = "prometheus.io/scrape"
+ANNOTATION_PROMETHEUS_PORT = "prometheus.io/port"
+ANNOTATION_PROMETHEUS_PATH = "prometheus.io/path"
+
 CONTAINER_HAPROXY = "cache-haproxy"
 CONTAINER_VARNISH = "cache-varnish"
-CONTAINERS = (CONTAINER_HAPROXY, CONTAINER_VARNISH)
+# Optional (access-log, metrics): readers of cache-varnish's shared memory log and counters.
+CONTAINER_ACCESS_LOG = "cache-access-log"
+CONTAINER_EXPORTER = "cache-varnish-exporter"
+CONTAINERS = (CONTAINER_HAPROXY, CONTAINER_VARNISH, CONTAINER_ACCESS_LOG, CONTAINER_EXPORTER)
 
 VOLUME_HAPROXY_CONFIG = "cache-haproxy-config"
 VOLUME_HAPROXY_RUN = "cache-haproxy-run"
@@ -49,8 +60,17 @@ VOLUMES = (
 
 PORT_NAME_HTTP = "cache-http"
 PORT_NAME_METRICS = "cache-metrics"
+# Varnish's counters in Prometheus format (cache-varnish-exporter): a second named port, as
+# HAProxy cannot merge another process's metrics into its own /metrics.
+PORT_NAME_VARNISH_METRICS = "cache-vmetrics"
 HAPROXY_LOCAL_PORT = 6090
 HAPROXY_METRICS_PORT = 6091
+EXPORTER_PORT = 9131  # prometheus_varnish_exporter's default
+METRICS_PATH = "/metrics"
+# Set by HAProxy on every backend response: the pod (IP:port) that served a miss. Varnish
+# stores it with the object and strips it before delivery; the access log reads it from the
+# shared memory log (VSL), so the client never sees pod addresses.
+HEADER_CACHE_BACKEND = "X-Cache-Backend"
 # HAProxy's stats page (backend pods' addresses and health): 127.0.0.1 only, reached with
 # `kubectl port-forward`, never from another pod.
 HAPROXY_STATS_PORT = 6092
@@ -70,6 +90,19 @@ HAPROXY_RUN_DIR = "/var/run/cache-haproxy"
 VARNISH_CONFIG_DIR = "/etc/cache-injector/varnish"
 VARNISH_CONFIG_FILE = "default.vcl"
 VARNISH_WORKDIR = "/var/lib/varnish"
+# varnishncsa's format: one JSON object per client request (-j escapes values for JSON).
+# Fields: time (request start, with its UTC offset), method, url (path and query), status,
+# bytes (body bytes sent), duration_us (request start to end, microseconds: %D, the one
+# duration every kind of request has), ttfb_s (seconds to the first byte), handling (hit,
+# miss, pass, pipe or synth), backend (IP:port of the pod that filled the object: on a hit,
+# the one whose miss stored it; empty when no backend answered), client (the peer's address).
+ACCESS_LOG_FORMAT = (
+    '{"time":"%{%Y-%m-%dT%H:%M:%S%z}t","method":"%m","url":"%U%q","status":%s,'
+    '"bytes":%b,"duration_us":%D,"ttfb_s":%{Varnish:time_firstbyte}x,'
+    '"handling":"%{Varnish:handling}x","backend":"%{VSL:RespHeader:'
+    + HEADER_CACHE_BACKEND
+    + '}x","client":"%h"}'
+)
 VARNISH_READY_PATH = "/.cache/ready"
 HAPROXY_HEALTH_PATH = "/healthz"
 # Answered by HAProxy's local frontend: 200 while at least one backend pod is up. Varnish
@@ -222,6 +255,22 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "at most 253 characters); its key default.vcl is used",
         "ConfigMap whose default.vcl replaces the generated VCL (it must define the backend "
         "127.0.0.1:6090).",
+    ),
+    OptionSpec(
+        "access_log",
+        "bool",
+        "false",
+        "true or false",
+        "true: container cache-access-log runs varnishncsa and writes one JSON line per "
+        "client request to its stdout (docs/observability.md).",
+    ),
+    OptionSpec(
+        "metrics",
+        "bool",
+        "false",
+        "true or false",
+        "true: container cache-varnish-exporter serves Varnish's counters in Prometheus "
+        "format (prometheus_varnish_exporter's names) on port cache-vmetrics (9131).",
     ),
 )
 

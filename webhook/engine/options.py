@@ -41,6 +41,8 @@ class Options:
     sticky_sessions: bool
     drain_seconds: int
     vcl_configmap: str | None
+    access_log: bool
+    metrics: bool
     sources: Mapping[str, Source] = field(compare=False, hash=False, repr=False)
     # The raw strings as resolved, for `explain` and messages.
     texts: Mapping[str, str | None] = field(compare=False, hash=False, repr=False)
@@ -108,6 +110,16 @@ def _resolve(annotations: Mapping[str, str], namespace: str, policy: Policy) -> 
             problems.append(InvalidAnnotation(spec.key, text, str(err)))
             continue
         parsed[spec.name] = value
+    if parsed.get("metrics") is True and parsed.get("listen_port") == names.EXPORTER_PORT:
+        problems.append(
+            InvalidAnnotation(
+                names.OPTIONS_BY_NAME["listen_port"].key,
+                str(texts["listen_port"]),
+                f"a port other than {names.EXPORTER_PORT} with "
+                f"{names.OPTIONS_BY_NAME['metrics'].key}: true ({names.CONTAINER_EXPORTER} "
+                "listens there)",
+            )
+        )
     problems += _check_backend(parsed, texts, sources, namespace, policy)
     if problems:
         raise InvalidOptions(problems, parsed)

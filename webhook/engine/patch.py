@@ -101,6 +101,19 @@ def build_patch(
         evict_value = ",".join(listed + status["evict"]["added"])
     if not isinstance(metadata.get("annotations"), dict):
         creating("/metadata/annotations", metadata, "annotations")
+    # The label a PodMonitor selects injected pods by (charts/cache-injector); its earlier
+    # value, if the pod had one, is kept for uninject.
+    labels = metadata.get("labels")
+    label_ops: list[Op]
+    if isinstance(labels, dict):
+        status["labels"] = {names.LABEL_INJECTED: labels.get(names.LABEL_INJECTED)}
+        path = f"/metadata/labels/{escape(names.LABEL_INJECTED)}"
+        label_ops = [{"op": "add", "path": path, "value": names.LABEL_INJECTED_VALUE}]
+    else:
+        status["labels"] = {names.LABEL_INJECTED: None}
+        creating("/metadata/labels", metadata, "labels")
+        value = {names.LABEL_INJECTED: names.LABEL_INJECTED_VALUE}
+        label_ops = [{"op": "add", "path": "/metadata/labels", "value": value}]
 
     container_ops: list[Op] = []
     if native:
@@ -171,7 +184,14 @@ def build_patch(
     ).decode()
     if evict_value is not None:
         all_annotations[evict_key] = evict_value
-    return ops + _annotation_ops(metadata, all_annotations) + container_ops + volume_ops + pull_ops
+    return (
+        ops
+        + _annotation_ops(metadata, all_annotations)
+        + label_ops
+        + container_ops
+        + volume_ops
+        + pull_ops
+    )
 
 
 def read_status(pod: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -252,6 +272,14 @@ def uninject(pod: dict[str, Any]) -> list[str]:
     for key in _strings(status, "annotations") or sorted(names.WRITTEN_ANNOTATIONS):
         if annotations.pop(key, None) is not None:
             removed.append(f"annotation {key}")
+    labels = metadata.get("labels")
+    added_labels = status.get("labels")
+    if isinstance(labels, dict) and isinstance(added_labels, dict):
+        for key, before in added_labels.items():
+            if before is None and labels.pop(key, None) is not None:
+                removed.append(f"label {key}")
+            elif isinstance(before, str):
+                labels[key] = before
     nulls = set(_strings(status, "nulls"))
     # Innermost first: /metadata/annotations before /metadata.
     for pointer in sorted(_strings(status, "created"), key=lambda p: -p.count("/")):

@@ -22,7 +22,13 @@ from pydantic.alias_generators import to_camel
 from . import names, values
 from .errors import InvalidPolicy
 
-DEFAULT_IMAGES = {"haproxy": "haproxy:3.4", "varnish": "varnish:8.0"}
+DEFAULT_IMAGES = {
+    "haproxy": "haproxy:3.4",
+    "varnish": "varnish:8.0",
+    # Built from images/varnish-exporter/Dockerfile (no public image pairs the exporter with
+    # Varnish 8.0's varnishstat): push it and set images.varnishExporter.
+    "varnish_exporter": "cache-injector/varnish-exporter:8.0",
+}
 # Varnish's shared-memory log (vsl_space, 80M by default: 80 % of an idle pod's memory). It
 # must be big enough that varnishlog/varnishncsa attached to the pod keep up with a c=8 HIT
 # load without being overrun. Measured (Varnish 8.0, 20-40 k req/s, bench/datapath): 1M and
@@ -139,9 +145,10 @@ NamespacePolicy: type[BaseModel] = create_model(
 
 
 class Images(StrictModel):
-    """Sidecar images; both must run the `haproxy` and `varnishd` programs from PATH. A mirror
-    or private registry goes in the reference (registry.example/mirror/haproxy:3.4), pinned by
-    digest if wanted (NAME@sha256:<64 hex>, or NAME:TAG@sha256:<64 hex>)."""
+    """Sidecar images; they must run `haproxy`, `varnishd` (and `varnishncsa`) and
+    `prometheus_varnish_exporter` (with a `varnishstat` of varnishd's version) from PATH. A
+    mirror or private registry goes in the reference (registry.example/mirror/haproxy:3.4),
+    pinned by digest if wanted (NAME@sha256:<64 hex>, or NAME:TAG@sha256:<64 hex>)."""
 
     haproxy: StrictStr = Field(
         DEFAULT_IMAGES["haproxy"],
@@ -149,12 +156,19 @@ class Images(StrictModel):
     )
     varnish: StrictStr = Field(
         DEFAULT_IMAGES["varnish"],
-        description="Image of cache-varnish: [REGISTRY[:PORT]/]PATH[:TAG][@sha256:<64 hex>].",
+        description="Image of cache-varnish, and of cache-access-log (its varnishncsa must "
+        "match varnishd's version): [REGISTRY[:PORT]/]PATH[:TAG][@sha256:<64 hex>].",
+    )
+    varnish_exporter: StrictStr = Field(
+        DEFAULT_IMAGES["varnish_exporter"],
+        description="Image of cache-varnish-exporter (option metrics): the Varnish image plus "
+        "prometheus_varnish_exporter, built from images/varnish-exporter/Dockerfile: "
+        "[REGISTRY[:PORT]/]PATH[:TAG][@sha256:<64 hex>].",
     )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         None,
-        description="imagePullPolicy of both sidecars; null leaves Kubernetes' default "
-        "(Always for :latest or no tag, else IfNotPresent).",
+        description="imagePullPolicy of every injected container; null leaves Kubernetes' "
+        "default (Always for :latest or no tag, else IfNotPresent).",
     )
     pull_secrets: list[StrictStr] = Field(
         default_factory=list,
@@ -194,6 +208,22 @@ class SidecarResources(StrictModel):
         "transientSize + 16Mi workdir + headroom (32Mi + 1152 bytes per 352 bytes of cache "
         "and Transient: what a cache full of the smallest objects needs); a lower limit here "
         "fails `policy check`. An unset request is cache-size + 16Mi + 32Mi.",
+    )
+    # Measured in e2e after 484 requests at c=8 (docs/observability.md): varnishncsa 3.5 MiB
+    # resident, 0.2 MiB of it its own (anonymous); the exporter 10 MiB (2.3 anonymous), plus
+    # a short-lived varnishstat per scrape. The shared memory log they map stays charged to
+    # cache-varnish, which wrote it. Limits leave room for a burst and the Go runtime.
+    access_log: Resources = Field(
+        default_factory=lambda: Resources(
+            requests=ResourceList(cpu="10m", memory="8Mi"), limits=ResourceList(memory="32Mi")
+        ),
+        description="cache-access-log resources (option access-log).",
+    )
+    varnish_exporter: Resources = Field(
+        default_factory=lambda: Resources(
+            requests=ResourceList(cpu="10m", memory="16Mi"), limits=ResourceList(memory="48Mi")
+        ),
+        description="cache-varnish-exporter resources (option metrics).",
     )
 
 
@@ -255,7 +285,7 @@ class PolicyModel(StrictModel):
     )
     resources: SidecarResources = Field(
         default_factory=SidecarResources,
-        description="requests/limits of cache-haproxy and cache-varnish (see SidecarResources).",
+        description="requests/limits of each sidecar (see SidecarResources).",
     )
     transient_size: StrictStr = Field(
         "64Mi", description="Cap of Varnish's Transient storage (short-lived and uncached objects)."
@@ -270,7 +300,16 @@ class PolicyModel(StrictModel):
     )
     run_as_user: RunAsUser = Field(
         default_factory=RunAsUser,
-        description="UIDs in the sidecars' securityContext; null leaves them to the platform.",
+        description="UIDs in the sidecars' securityContext; null leaves them to the platform. "
+        "cache-access-log and cache-varnish-exporter run as varnish's: Varnish's shared "
+        "memory files are readable by its own uid only.",
+    )
+    prometheus_annotations: StrictBool = Field(
+        False,
+        description="true: add prometheus.io/scrape, /port and /path to injected pods that "
+        "set none of them, for Prometheus setups without the operator (one target per pod: "
+        "the Varnish exporter when option metrics is on, else HAProxy's cache-metrics). Off "
+        "by default: they clash with a pod's own scrape annotations.",
     )
 
 
@@ -471,17 +510,18 @@ def _check_semantics(model: PolicyModel) -> list[str]:
             )
         elif secret in model.images.pull_secrets[:index]:
             problems.append(f"images.pullSecrets.{index}: {json.dumps(secret)}: listed twice")
-    for which in ("haproxy", "varnish"):
+    for which in ("haproxy", "varnish", "varnish_exporter"):
         image = getattr(model.images, which)
         image_problem = values.image_problem(image)
         if image_problem:
-            problems.append(f"images.{which}: {json.dumps(image)}: {image_problem}")
+            problems.append(f"images.{to_camel(which)}: {json.dumps(image)}: {image_problem}")
+    for which in ("haproxy", "varnish", "access_log", "varnish_exporter"):
         sidecar = getattr(model.resources, which)
         for kind in ("requests", "limits"):
             for resource in ("cpu", "memory", "ephemeral_storage"):
                 alias = resource.replace("_", "-")
                 _check_quantity(
-                    f"resources.{which}.{kind}.{alias}",
+                    f"resources.{to_camel(which)}.{kind}.{alias}",
                     getattr(getattr(sidecar, kind), resource),
                     problems,
                 )

@@ -127,6 +127,8 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "backends_up_path": names.HAPROXY_BACKENDS_UP_PATH,
         "max_backends_path": names.HAPROXY_MAX_BACKENDS_PATH,
         "ready_path": names.VARNISH_READY_PATH,
+        "backend_header": names.HEADER_CACHE_BACKEND,
+        "access_log": options.access_log,
         "purge_secret": names.PURGE_SECRET,
         "purge_secret_key": names.PURGE_SECRET_KEY,
         "token_env": names.PURGE_TOKEN_ENV,

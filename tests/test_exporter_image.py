@@ -1,0 +1,55 @@
+"""images/varnish-exporter/Dockerfile cannot be built here (no container engine): check that it
+agrees with what the injector runs - the program cache-varnish-exporter's command names, on
+PATH, in the image the policy gives cache-varnish (so varnishstat matches varnishd), as
+varnishd's uid."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from webhook.engine import builder
+from webhook.engine.options import resolve_options
+from webhook.engine.policy import DEFAULT_IMAGES, RunAsUser, default_policy
+
+DOCKERFILE = Path(__file__).resolve().parents[1] / "images" / "varnish-exporter" / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    found = []
+    for raw in joined.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            found.append((keyword.upper(), rest.strip()))
+    return found
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions()
+    last = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    return steps[last:]
+
+
+def test_based_on_the_varnish_image_the_pods_run() -> None:
+    args = dict(
+        rest.split("=", 1) for keyword, rest in instructions() if keyword == "ARG" and "=" in rest
+    )
+    assert final_stage()[0] == ("FROM", "${VARNISH_IMAGE}")
+    assert args["VARNISH_IMAGE"] == DEFAULT_IMAGES["varnish"]
+
+
+def test_installs_the_program_the_container_runs_as_varnishd_uid() -> None:
+    policy = default_policy()
+    options = resolve_options(
+        {"cache-injector.io/backend": "app:8080", "cache-injector.io/metrics": "true"},
+        namespace="shop",
+        policy=policy,
+    )
+    command = builder.build_exporter(options, policy)["command"]
+    stage = dict(final_stage()[1:])
+    _, target = stage["COPY"].split()[-2:]
+    assert Path(target).name == command[0] and Path(target).parent.as_posix() == "/usr/local/bin"
+    assert stage["USER"] == str(RunAsUser().varnish)
+    assert stage["EXPOSE"] == "9131" and f":{stage['EXPOSE']}" in command
