@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import yaml
+
 from tests import daemons
 from tests.e2e.backends import BackendPod
 from tests.e2e.client import Client
@@ -128,6 +130,7 @@ class PodEnv:
         policy: str | None = None,
         before_start: Callable[[PodEnv], None] | None = None,
         label: str = "pod",
+        memory_limits: bool = False,
     ) -> None:
         with _counter_lock:
             number = next(_counter)
@@ -146,6 +149,7 @@ class PodEnv:
         self.policy = policy  # policy YAML for `cache-injector inject --policy`
         self.before_start = before_start  # called just before the pod's containers start
         self.label = label
+        self.memory_limits = memory_limits  # run containers in memory cgroups of their limit
         self.backends: dict[str, BackendPod] = {}
         self._next_backend = itertools.count(0)
         self.netns: Netns | None = None
@@ -183,7 +187,7 @@ class PodEnv:
             self.add_backend()
         pod = self.pod_manifest or make_pod({})
         pod["metadata"]["annotations"] = {**self.annotations, **pod["metadata"]["annotations"]}
-        self.manifest = inject(pod, NAMESPACE, workdir=self.workdir, policy=self.policy)
+        self.manifest = inject(pod, NAMESPACE, workdir=self.workdir, policy=self.policy_text())
         notes = self.manifest["metadata"]["annotations"]
         for key, edit in self.edits.items():
             if edit:  # a scenario that runs a deliberately different config (negative control)
@@ -197,6 +201,7 @@ class PodEnv:
             nameserver=DNS_IP,
             daemons={"haproxy": self.gen.haproxy.path, "varnishd": self.gen.varnish.path},
             workdir=self.workdir,
+            memory_limits=self.memory_limits,
         )
         self.client = Client(self.netns, POD_IP, LISTEN_PORT)
         if self.before_start:
@@ -204,6 +209,16 @@ class PodEnv:
         self.pod.start()
         for container, seconds in self.sidecar_start_seconds().items():
             record("sidecar time to ready", self.gen.label, f"{container} s", seconds)
+
+    def policy_text(self) -> str | None:
+        """The policy given, with the images of this generation unless it names its own: the
+        injector tunes varnishd's arguments to the image's version (transit_buffer)."""
+        if self.gen.name != "oldest":
+            return self.policy
+        data = yaml.safe_load(self.policy or "") or {}
+        data.setdefault("images", {}).setdefault("varnish", "varnish:7.1")
+        data["images"].setdefault("haproxy", "haproxy:2.6")
+        return yaml.safe_dump(data)
 
     def close(self) -> None:
         steps: list[Callable[[], None]] = []

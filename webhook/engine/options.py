@@ -39,6 +39,9 @@ class Options:
     listen_port: int
     sticky_sessions: bool
     drain_seconds: int
+    max_object_size: values.ObjectSize
+    tunnel_timeout: int
+    ignore_cookies: tuple[str, ...] | None
     vcl_configmap: str | None
     sources: Mapping[str, Source] = field(compare=False, hash=False, repr=False)
     # The raw strings as resolved, for `explain` and messages.

@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 
 from .. import __version__
-from . import names
+from . import names, values
 from .options import Options
 
 TEMPLATE_VCL = "default.vcl.j2"
@@ -96,6 +96,12 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "sticky_cookie": names.STICKY_COOKIE,
         "cookie_key": cookie_key(fqdn, target.sticky_secret),
         "default_ttl": options.default_ttl,
+        "max_object_bytes": options.max_object_size.bytes_for(options.cache_size),
+        "tunnel_timeout": options.tunnel_timeout,
+        "ignore_cookies": ",".join(options.ignore_cookies or ()),
+        "ignore_cookies_regex": (
+            values.cookie_names_regex(options.ignore_cookies) if options.ignore_cookies else ""
+        ),
         "grace": options.grace,
         "local_port": names.HAPROXY_LOCAL_PORT,
         "metrics_port": names.HAPROXY_METRICS_PORT,
