@@ -92,7 +92,8 @@ class Rendered:
     vcl: str | None
     haproxy_cfg: str
     varnish_args: tuple[str, ...]
-    varnish_args_old: tuple[str, ...]  # for an image tagged 7.1 (no transit_buffer)
+    vcl_old: str | None  # for an image tagged 7.1 (no transit_buffer)
+    varnish_args_old: tuple[str, ...]
 
 
 def _render(case: str, pod: Mapping[str, object], policy: Policy, namespace: str) -> Rendered:
@@ -102,11 +103,20 @@ def _render(case: str, pod: Mapping[str, object], policy: Policy, namespace: str
     assert outcome.injected, (case, outcome.decision, outcome.error)
     assert outcome.configs is not None and outcome.options is not None
     args = varnish_args(outcome.options, policy)
+    # The same pod with an image tagged 7.1: no transit_buffer, large passes piped instead.
     old_images = policy.model.images.model_copy(update={"varnish": "varnish:7.1"})
     old = dataclasses.replace(policy, model=policy.model.model_copy(update={"images": old_images}))
-    old_args = varnish_args(outcome.options, old)
+    old_outcome = inject_pod(
+        pod, namespace=namespace, operation="CREATE", policy=old, templates=load_templates()
+    )
+    assert old_outcome.configs is not None
     return Rendered(
-        case, outcome.configs.vcl, outcome.configs.haproxy_cfg, tuple(args), tuple(old_args)
+        case,
+        outcome.configs.vcl,
+        outcome.configs.haproxy_cfg,
+        tuple(args),
+        old_outcome.configs.vcl,
+        tuple(varnish_args(outcome.options, old)),
     )
 
 
@@ -152,7 +162,12 @@ def _unique(kind: str) -> list[tuple[str, str]]:
             if rendered.vcl is None:
                 continue
             text = "\0".join(
-                (rendered.vcl, " ".join(rendered.varnish_args), " ".join(rendered.varnish_args_old))
+                (
+                    rendered.vcl,
+                    " ".join(rendered.varnish_args),
+                    rendered.vcl_old or "",
+                    " ".join(rendered.varnish_args_old),
+                )
             )
         else:
             text = rendered.haproxy_cfg
@@ -202,9 +217,9 @@ def test_varnishd_accepts_vcl_and_arguments(
     label: str, case: str, vcl_and_args: str, workdir: Path
 ) -> None:
     daemon = daemons.require(label)
-    vcl, args_text, old_args_text = vcl_and_args.split("\0")
+    vcl, args_text, old_vcl, old_args_text = vcl_and_args.split("\0")
     if label == "varnish-7.1":  # as run from an image tagged 7.1
-        args_text = old_args_text
+        vcl, args_text = old_vcl, old_args_text
     stem = f"{label}-{hashlib.sha256(vcl_and_args.encode()).hexdigest()[:12]}"
     path = workdir / f"{stem}.vcl"
     path.write_text(vcl)

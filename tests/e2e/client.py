@@ -278,10 +278,13 @@ def download(netns: Netns, host: str, port: int, path: str, *, timeout: float = 
             while piece := response.read(65536):
                 digest.update(piece)
                 length += len(piece)
-            # http.client raises IncompleteRead on a short Content-Length body or a chunked
-            # body without its last chunk; reaching here means the framing was complete.
+            # A chunked body without its last chunk raises IncompleteRead; a short
+            # Content-Length body just ends (read(n) does not raise): compare.
+            declared = response.getheader("Content-Length")
+            complete = declared is None or int(declared) == length
+            error = None if complete else f"{length} of Content-Length {declared} bytes"
             return Download(
-                path, status, length, digest.hexdigest(), cache, True, None,
+                path, status, length, digest.hexdigest(), cache, complete, error,
                 time.monotonic() - began,
             )
         except (OSError, http.client.HTTPException) as err:

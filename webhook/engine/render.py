@@ -61,6 +61,7 @@ class Target:
     namespace: str
     cluster_domain: str
     sticky_secret: str
+    transit_buffer: bool = True  # the Varnish image has transit_buffer (newer than 7.1)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "sticky_cookie": names.STICKY_COOKIE,
         "cookie_key": cookie_key(fqdn, target.sticky_secret),
         "default_ttl": options.default_ttl,
+        "transit_buffer": target.transit_buffer,
         "max_object_bytes": options.max_object_size.bytes_for(options.cache_size),
         "tunnel_timeout": options.tunnel_timeout,
         "ignore_cookies": ",".join(options.ignore_cookies or ()),
