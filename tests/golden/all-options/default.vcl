@@ -34,6 +34,7 @@ sub vcl_recv {
     # Our own marker (see vcl_deliver): never taken from a client; a restart keeps it.
     if (req.restarts == 0) {
         unset req.http.X-Cache-Stale-If-Error;
+        unset req.http.X-Cache-Pipe;
     }
     # The container's readiness: answered by Varnish itself, never by the backends.
     if (req.url == "/.cache/ready") {
@@ -59,6 +60,27 @@ sub vcl_recv {
             }
         }
     }
+    # Cookies that do not change a response (_ga,_ga_*,_gid): removed before the
+    # lookup, so a request carrying only these is served from cache (any other cookie still
+    # passes it, below). The backend never sees them.
+    if (req.http.Cookie) {
+        set req.http.Cookie = regsuball(req.http.Cookie, "(^|;\s*)(_ga|_ga_[^=;]*|_gid)=[^;]*", "");
+        set req.http.Cookie = regsub(req.http.Cookie, "^;\s*", "");
+        if (req.http.Cookie ~ "^\s*$") {
+            unset req.http.Cookie;
+        }
+    }
+    # WebSocket (and any other protocol upgrade but h2c): piped, so the backend pod sees
+    # the upgrade and answers 101, and frames flow both ways until either side closes or
+    # the connection is idle for pipe_timeout. Varnish drops Upgrade/Connection from a piped
+    # request unless vcl_pipe hands them on.
+    if (req.http.Upgrade && req.http.Upgrade !~ "(?i)^h2c$") {
+        return (pipe);
+    }
+    # Server-sent events are never cached: pass, and they stream as the backend writes them.
+    if (req.http.Accept ~ "(?i)text/event-stream") {
+        return (pass);
+    }
     # While HAProxy reports backend pods up, serve an expired object at most 10 s longer
     # (refreshed in the background); when none is up, serve it for the whole grace. So does
     # the second look after a failed fetch (vcl_deliver): a stale copy beats an error.
@@ -80,6 +102,24 @@ sub vcl_miss {
 
 sub vcl_pass {
     set req.http.X-Cache-Stale-If-Error = "pass";
+}
+
+sub vcl_pipe {
+    unset bereq.http.X-Cache-Stale-If-Error;
+    unset bereq.http.X-Cache-Pipe;
+    if (req.http.Upgrade) {
+        set bereq.http.Upgrade = req.http.Upgrade;
+        set bereq.http.Connection = req.http.Connection;
+    }
+    # A piped request skips vcl_backend_fetch: hand the sticky cookie back here too.
+    if (bereq.http.X-Cache-Sticky) {
+        if (bereq.http.Cookie) {
+            set bereq.http.Cookie = bereq.http.Cookie + "; " + bereq.http.X-Cache-Sticky;
+        } else {
+            set bereq.http.Cookie = bereq.http.X-Cache-Sticky;
+        }
+    }
+    unset bereq.http.X-Cache-Sticky;
 }
 
 sub vcl_backend_fetch {
@@ -109,6 +149,20 @@ sub vcl_backend_response {
         set beresp.ttl = 300s;
     }
     set beresp.grace = 3600s;
+    # What the cache must not store is passed instead: streamed to the client as it
+    # arrives, through Transient storage (capped; delivered parts are freed), and a
+    # hit-for-miss remembers it for 120 s. Stored, an object larger than the free cache
+    # evicted the whole working set and, larger than the cache itself, was cut mid-stream
+    # (a 200 with part of the body). Without Content-Length (chunked) the size is unknown
+    # until the end, when it is too late to choose: such responses are passed too.
+    if (!bereq.uncacheable && beresp.status != 304 && beresp.status != 204) {
+        if (beresp.http.Content-Type ~ "(?i)^text/event-stream"
+            || !beresp.http.Content-Length
+            || std.integer(beresp.http.Content-Length, 0) > 8388608) {
+            set beresp.uncacheable = true;
+            set beresp.ttl = 120s;
+        }
+    }
     # HAProxy adds its sticky cookie to the response of every request that came without
     # one, and a response that sets a cookie is never cached: nothing fetched for a new
     # visitor or another service would ever be stored. A stored response is shared, so it
@@ -116,7 +170,7 @@ sub vcl_backend_response {
     # clients get theirs from a response that is not (their dynamic pages). HAProxy appends
     # its Set-Cookie after the application's, so when the first one is ours it is the only
     # one, and an application cookie keeps the response uncacheable as before.
-    if (!bereq.uncacheable && beresp.ttl > 0s
+    if (!bereq.uncacheable && !beresp.uncacheable && beresp.ttl > 0s
         && beresp.http.Set-Cookie ~ "^CACHESRV="
         && beresp.http.Cache-Control !~ "(?i)(no-cache|no-store|private)") {
         unset beresp.http.Set-Cookie;

@@ -34,6 +34,7 @@ sub vcl_recv {
     # Our own marker (see vcl_deliver): never taken from a client; a restart keeps it.
     if (req.restarts == 0) {
         unset req.http.X-Cache-Stale-If-Error;
+        unset req.http.X-Cache-Pipe;
     }
     # The container's readiness: answered by Varnish itself, never by the backends.
     if (req.url == "/.cache/ready") {
@@ -44,6 +45,17 @@ sub vcl_recv {
             return (synth(403, "PURGE is allowed from localhost only"));
         }
         return (purge);
+    }
+    # WebSocket (and any other protocol upgrade but h2c): piped, so the backend pod sees
+    # the upgrade and answers 101, and frames flow both ways until either side closes or
+    # the connection is idle for pipe_timeout. Varnish drops Upgrade/Connection from a piped
+    # request unless vcl_pipe hands them on.
+    if (req.http.Upgrade && req.http.Upgrade !~ "(?i)^h2c$") {
+        return (pipe);
+    }
+    # Server-sent events are never cached: pass, and they stream as the backend writes them.
+    if (req.http.Accept ~ "(?i)text/event-stream") {
+        return (pass);
     }
     # While HAProxy reports backend pods up, serve an expired object at most 10 s longer
     # (refreshed in the background); when none is up, serve it for the whole grace. So does
@@ -68,6 +80,15 @@ sub vcl_pass {
     set req.http.X-Cache-Stale-If-Error = "pass";
 }
 
+sub vcl_pipe {
+    unset bereq.http.X-Cache-Stale-If-Error;
+    unset bereq.http.X-Cache-Pipe;
+    if (req.http.Upgrade) {
+        set bereq.http.Upgrade = req.http.Upgrade;
+        set bereq.http.Connection = req.http.Connection;
+    }
+}
+
 sub vcl_backend_fetch {
     unset bereq.http.X-Cache-Stale-If-Error;
 }
@@ -87,6 +108,20 @@ sub vcl_backend_response {
         set beresp.ttl = 120s;
     }
     set beresp.grace = 21600s;
+    # What the cache must not store is passed instead: streamed to the client as it
+    # arrives, through Transient storage (capped; delivered parts are freed), and a
+    # hit-for-miss remembers it for 120 s. Stored, an object larger than the free cache
+    # evicted the whole working set and, larger than the cache itself, was cut mid-stream
+    # (a 200 with part of the body). Without Content-Length (chunked) the size is unknown
+    # until the end, when it is too late to choose: such responses are passed too.
+    if (!bereq.uncacheable && beresp.status != 304 && beresp.status != 204) {
+        if (beresp.http.Content-Type ~ "(?i)^text/event-stream"
+            || !beresp.http.Content-Length
+            || std.integer(beresp.http.Content-Length, 0) > 107374182) {
+            set beresp.uncacheable = true;
+            set beresp.ttl = 120s;
+        }
+    }
     # Falls through to the built-in vcl_backend_response: a response that sets a cookie
     # is never cached.
 }
