@@ -24,6 +24,7 @@ def run(percent: int) -> list[int]:
         "cache-injector.io/max-object-size": f"{percent}%",
     }
     with PodEnv(generation("newest"), annotations=annotations, backends=1, label="bench") as env:
+
         def hits() -> int:
             return sum(
                 download(env.netns, POD_IP, LISTEN_PORT, path).cache == "HIT"

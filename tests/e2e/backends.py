@@ -28,8 +28,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 

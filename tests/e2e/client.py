@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from tests.e2e.backends import read_websocket_frame, websocket_frame
 from tests.e2e.netns import Netns
 
 
@@ -284,13 +285,25 @@ def download(netns: Netns, host: str, port: int, path: str, *, timeout: float = 
             complete = declared is None or int(declared) == length
             error = None if complete else f"{length} of Content-Length {declared} bytes"
             return Download(
-                path, status, length, digest.hexdigest(), cache, complete, error,
+                path,
+                status,
+                length,
+                digest.hexdigest(),
+                cache,
+                complete,
+                error,
                 time.monotonic() - began,
             )
         except (OSError, http.client.HTTPException) as err:
             return Download(
-                path, status, length, digest.hexdigest(), cache, False,
-                f"{type(err).__name__}: {err}"[:200], time.monotonic() - began,
+                path,
+                status,
+                length,
+                digest.hexdigest(),
+                cache,
+                False,
+                f"{type(err).__name__}: {err}"[:200],
+                time.monotonic() - began,
             )
         finally:
             connection.close()
@@ -305,8 +318,15 @@ def download(netns: Netns, host: str, port: int, path: str, *, timeout: float = 
 class WebSocket:
     """A minimal RFC 6455 client: handshake through the cache port, masked text frames."""
 
-    def __init__(self, netns: Netns, host: str, port: int, path: str = "/ws",
-                 headers: Mapping[str, str] | None = None, timeout: float = 10) -> None:
+    def __init__(
+        self,
+        netns: Netns,
+        host: str,
+        port: int,
+        path: str = "/ws",
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10,
+    ) -> None:
         self.sock: socket.socket = netns.call(
             lambda: socket.create_connection((host, port), timeout=timeout)
         )
@@ -323,14 +343,12 @@ class WebSocket:
         status_line = self.stream.readline().decode(errors="replace").strip()
         self.status = int(status_line.split()[1]) if len(status_line.split()) > 1 else 0
         self.headers: dict[str, str] = {}
-        while (line := self.stream.readline().decode(errors="replace").strip()):
+        while line := self.stream.readline().decode(errors="replace").strip():
             name, _, value = line.partition(":")
             self.headers[name.strip().lower()] = value.strip()
 
     def echo(self, text: str, timeout: float = 10) -> str:
         """Send one text frame; the backend's answer (`<pod> <text>`)."""
-        from tests.e2e.backends import read_websocket_frame, websocket_frame
-
         self.sock.settimeout(timeout)
         self.sock.sendall(websocket_frame(text.encode(), mask=True))
         opcode, payload = read_websocket_frame(self.stream)

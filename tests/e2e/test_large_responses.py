@@ -12,7 +12,6 @@ An object under max-object-size (10 % of the cache by default) is still cached.
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -77,7 +76,7 @@ def large_responses(gen_name: str) -> Seen:
             with ThreadPoolExecutor(CONCURRENT) as pool:
                 for framing in ("length", "chunked"):
                     path = f"/big/{CACHE * 3}/{framing}/together"
-                    for reply in pool.map(lambda _: get(path), range(CONCURRENT)):
+                    for reply in pool.map(get, [path] * CONCURRENT):
                         seen.downloads.append((f"3x {framing} concurrent", reply))
             seen.working_set_after = [get(p).cache for p in WORKING_SET]
         finally:
@@ -91,7 +90,8 @@ def large_responses(gen_name: str) -> Seen:
 
 
 @pytest.mark.parametrize(
-    "gen_name", [pytest.param(g, marks=background(large_responses, g)) for g in ("newest", "oldest")]
+    "gen_name",
+    [pytest.param(g, marks=background(large_responses, g)) for g in ("newest", "oldest")],
 )
 def test_large_responses_arrive_whole_and_keep_the_working_set(
     gen_name: str, scenarios: Scenarios, request: pytest.FixtureRequest

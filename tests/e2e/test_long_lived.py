@@ -107,7 +107,8 @@ def _usage(env: PodEnv, container: str) -> int:
 
 
 @pytest.mark.parametrize(
-    "gen_name", [pytest.param(g, marks=background(long_lived, g)) for g in ("newest", "oldest")]
+    "gen_name",
+    [pytest.param(g, marks=background(long_lived, g)) for g in ("newest", "oldest")],
 )
 def test_websockets_and_event_streams_pass_through_the_cache(
     gen_name: str, scenarios: Scenarios, request: pytest.FixtureRequest

@@ -172,7 +172,9 @@ class ObjectSize:
         return self.size
 
     def __str__(self) -> str:
-        return f"{self.percent}%" if self.percent is not None else format_quantity(int(self.size or 0))
+        if self.percent is not None:
+            return f"{self.percent}%"
+        return format_quantity(int(self.size or 0))
 
 
 def parse_object_size(text: str) -> ObjectSize:
