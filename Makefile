@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(firstword $(wildcard ../shared /work/shared))
 APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl
 
-.PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath clean
+.PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize clean
 
 setup: $(VENV)/.installed
 
@@ -81,6 +81,9 @@ bench: setup daemons wrk
 # MISS latency vs a plain varnishd) on both daemon generations; root and wrk needed.
 bench-datapath: setup daemons wrk
 	$(BIN)/python -m bench.datapath
+
+bench-objectsize: setup daemons
+	$(BIN)/python -m bench.objectsize
 
 # The load generator of both benchmarks (Debian's wrk, built with TLS).
 wrk:

@@ -2,7 +2,7 @@
 
 A static asset requested with analytics cookies (`_ga`, `_gid`, `_ga_<id>`) is a HIT once
 they are named; a cookie not named still passes the request (and reaches the backend); the
-sticky-session cookie keeps a client on its pod beside them. Without the option (the safe
+sticky-session cookie keeps a client on its pod beside them, WebSockets (piped) included. Without the option (the safe
 default) the same requests are all passed.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.client import errors, pods
-from tests.e2e.harness import PodEnv, generation
+from tests.e2e.client import WebSocket, errors, pods
+from tests.e2e.harness import LISTEN_PORT, POD_IP, PodEnv, generation
 from tests.e2e.scenarios import recorder
 
 pytestmark = pytest.mark.e2e
@@ -55,6 +55,16 @@ def test_ignored_cookies_are_cached_others_pass_sticky_still_works(gen_name: str
             for i in range(9)
         ]
         assert not errors(stays) and set(pods(stays)) == {login.pod}, [r.describe() for r in stays]
+        # A WebSocket is piped: the sticky cookie still picks its pod (vcl_pipe hands it on).
+        sockets = [
+            WebSocket(env.netns, POD_IP, LISTEN_PORT, headers={"Cookie": f"_ga=1; {sticky}"})
+            for _ in range(3)
+        ]
+        try:
+            assert [ws.echo("hi").split()[0] for ws in sockets] == [login.pod] * 3
+        finally:
+            for ws in sockets:
+                ws.close()
         with_sticky = _caches(env, "/static/app.js", f"_ga=GA1.2.9.9; {sticky}", times=1)
         note("analytics + sticky cookie", ",".join(with_sticky))
         assert with_sticky == ["HIT"]
