@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests import daemons
-from tests.conftest import CORPUS, make_pod, policy_from
+from tests.conftest import CORPUS, ROOT, make_pod, policy_from
 from webhook.engine import names
 from webhook.engine.builder import varnish_args
 from webhook.engine.inject import inject_pod
@@ -259,3 +259,17 @@ def test_matrix_covers_every_option() -> None:
 def test_corpus_is_covered() -> None:
     files = {rendered.case.split(":")[0] for rendered in CASES if ":" in rendered.case}
     assert len(files) >= 25, files
+
+
+def test_rendered_configs_carry_one_comment_line_pointing_at_the_docs() -> None:
+    """Explanations are Jinja comments in the templates, not text in every pod object: a
+    rendered config has one comment line, its header, and it names the page that explains it."""
+    for rendered in CASES:
+        for text in (rendered.vcl, rendered.haproxy_cfg):
+            if text is None:
+                continue
+            comments = [line for line in text.splitlines() if line.lstrip().startswith("#")]
+            assert len(comments) == 1, (rendered.case, comments)
+            assert "docs/sidecar-configs.md" in comments[0], (rendered.case, comments)
+            assert "{#" not in text and "#}" not in text, rendered.case
+    assert (ROOT / "docs" / "sidecar-configs.md").is_file()
