@@ -2,8 +2,8 @@
 
 A static asset requested with analytics cookies (`_ga`, `_gid`, `_ga_<id>`) is a HIT once
 they are named; a cookie not named still passes the request (and reaches the backend); the
-sticky-session cookie keeps a client on its pod beside them, WebSockets (piped) included. Without the option (the safe
-default) the same requests are all passed.
+sticky-session cookie keeps a client on its pod beside them, piped WebSockets included.
+Without the option (the safe default) the same requests are all passed.
 """
 
 from __future__ import annotations
