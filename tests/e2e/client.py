@@ -265,8 +265,11 @@ class Download:
     seconds: float
 
 
-def download(netns: Netns, host: str, port: int, path: str, *, timeout: float = 120) -> Download:
-    """GET path, hashing the body as it arrives (a new connection, read in 64 KiB pieces)."""
+def download(
+    netns: Netns, host: str, port: int, path: str, *, timeout: float = 120, pace: float = 0
+) -> Download:
+    """GET path, hashing the body as it arrives (a new connection, read in 64 KiB pieces).
+    pace: seconds to pause after each piece - a client slower than the backend."""
 
     def run() -> Download:
         began = time.monotonic()
@@ -279,6 +282,8 @@ def download(netns: Netns, host: str, port: int, path: str, *, timeout: float = 
             while piece := response.read(65536):
                 digest.update(piece)
                 length += len(piece)
+                if pace:
+                    time.sleep(pace)
             # A chunked body without its last chunk raises IncompleteRead; a short
             # Content-Length body just ends (read(n) does not raise): compare.
             declared = response.getheader("Content-Length")

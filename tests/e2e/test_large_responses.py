@@ -2,8 +2,8 @@
 
 A small cache (16Mi, the policy minimum) keeps the large objects at a few tens of MB. A
 working set of 20 cacheable 256 KiB objects is stored first; then objects of 0.5x, 1.5x and
-3x the cache size, with Content-Length and chunked, are each downloaded twice, and the 3x
-ones by 4 clients at once. Every download must be the full body (same SHA-256 as the
+3x the cache size, with Content-Length and chunked, are each downloaded twice, the 3x
+ones by 4 clients at once, and one of 6x (larger than Transient) twice by a slow client. Every download must be the full body (same SHA-256 as the
 backend's), the working set must still be served as HITs afterwards, and cache-varnish must
 stay under 90 % of its memory limit, measured in a memory cgroup of that limit throughout.
 An object under max-object-size (10 % of the cache by default) is still cached.
@@ -78,6 +78,11 @@ def large_responses(gen_name: str) -> Seen:
                     path = f"/big/{CACHE * 3}/{framing}/together"
                     for reply in pool.map(get, [path] * CONCURRENT):
                         seen.downloads.append((f"3x {framing} concurrent", reply))
+            # Larger than Transient (64Mi), to a client slower than the backend (~40 MB/s).
+            slow = f"/big/{CACHE * 6}/length/slow"
+            for attempt in (1, 2):
+                reply = download(env.netns, POD_IP, LISTEN_PORT, slow, pace=0.0015)
+                seen.downloads.append((f"6x length slow client #{attempt}", reply))
             seen.working_set_after = [get(p).cache for p in WORKING_SET]
         finally:
             done.set()
@@ -109,6 +114,11 @@ def test_large_responses_arrive_whole_and_keep_the_working_set(
         )
         if not whole:
             bad.append(f"{what}: {reply.status} {reply.length}/{size} bytes {reply.error}")
+        note(
+            f"{what}",
+            f"{reply.status} {reply.length}/{size} B sha256 {reply.sha256[:12]} "
+            f"{'whole' if whole else 'BAD'} X-Cache={reply.cache or '-'}",
+        )
     note("downloads whole", f"{len(seen.downloads) - len(bad)}/{len(seen.downloads)}")
     note("working set HITs after", f"{seen.working_set_after.count('HIT')}/{len(WORKING_SET)}")
     note("peak memory MiB (limit)", f"{seen.peak / MIB:.0f} ({seen.limit / MIB:.0f})")
