@@ -3,9 +3,10 @@
 A small cache (16Mi, the policy minimum) keeps the large objects at a few tens of MB. A
 working set of 20 cacheable 256 KiB objects is stored first; then objects of 0.5x, 1.5x and
 3x the cache size, with Content-Length and chunked, are each downloaded twice, the 3x
-ones by 4 clients at once, and one of 6x (larger than Transient) twice by a slow client. Every download must be the full body (same SHA-256 as the
-backend's), the working set must still be served as HITs afterwards, and cache-varnish must
-stay under 90 % of its memory limit, measured in a memory cgroup of that limit throughout.
+ones by 4 clients at once, and one of 6x (larger than Transient) twice by a slow client.
+Every download must be the full body (same SHA-256 as the backend's), the working set must
+still be served as HITs afterwards, and cache-varnish must stay under 90 % of its memory
+limit, measured in a memory cgroup of that limit throughout.
 An object under max-object-size (10 % of the cache by default) is still cached.
 """
 
