@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The newer daemon builds (HAProxy 3.4, Varnish 8.0) ship beside the project in ../shared.
-SHARED ?= $(firstword $(wildcard ../shared /work/shared))
+# The newer daemon builds (HAProxy 3.4, Varnish 8.0, and the Go reference webhook for `make
+# bench`) are found only here: a folder beside the repository by default (`make SHARED=DIR` for
+# another); a relative path is relative to the repository. See docs/design.md "Layout".
+SHARED ?= ../shared
+export SHARED
 APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl
 
 .PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize clean
@@ -23,11 +26,11 @@ daemons:
 	fi
 	@# install.sh exits 141 about one run in three once all is installed: its
 	@# `haproxy -v | head -1` gets SIGPIPE under pipefail. The binaries decide.
-	@if [ -n "$(SHARED)" ] && [ -x "$(SHARED)/daemons/install.sh" ]; then \
+	@if [ -x "$(SHARED)/daemons/install.sh" ]; then \
 		"$(SHARED)/daemons/install.sh" || { [ -x /opt/haproxy-3.4/sbin/haproxy ] && \
 			[ -x /opt/varnish-8.0/sbin/varnishd ]; }; \
 	else \
-		echo "NOTE: ../shared/daemons not found: only Debian's haproxy 2.6 / varnish 7.1 are tested"; \
+		echo "NOTE: $(SHARED)/daemons not found: only Debian's haproxy 2.6 / varnish 7.1 are tested"; \
 	fi
 
 LINT_PATHS := webhook tests bench

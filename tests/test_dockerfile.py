@@ -1,13 +1,13 @@
-"""The Dockerfile cannot be built here (no container engine), so check what can be checked:
-the build context holds everything the wheel needs, the final stage is slim and non-root, and
-the image's default command is the one the chart runs."""
+"""The Dockerfile cannot be built here (no container engine). Its build stage is run for real
+by tests/test_wheel.py (the wheel is built from the context its COPY lines and .dockerignore
+make); here: what .dockerignore keeps out, a user the kubelet can check, and the image's default
+command being the one the chart runs."""
 
 from __future__ import annotations
 
 import fnmatch
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -68,27 +68,6 @@ def copied_sources() -> set[str]:
     return sources
 
 
-def test_build_context_holds_what_the_wheel_needs() -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
-    needed = {
-        "pyproject.toml",
-        project["project"]["readme"],
-        *wheel["packages"],
-        *wheel.get("force-include", {}),
-    }
-    assert needed <= copied_sources(), needed - copied_sources()
-    for source in copied_sources():
-        assert (ROOT / source).exists(), source
-        assert in_context(source), f"{source} is excluded by .dockerignore"
-    for path in (
-        "webhook/engine/policy.py",
-        "sidecar-configs/default.vcl.j2",
-        "webhook/engine/default-policy.yaml",
-    ):
-        assert in_context(path), path
-
-
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
@@ -104,26 +83,12 @@ def test_dockerignore_keeps_the_context_small(path: str, expected: bool) -> None
     assert in_context(path) is expected
 
 
-def test_two_stages_from_one_slim_base() -> None:
-    build, final = stages()
-    assert len(stages()) == 2
-    assert build[0][1].endswith("AS build")
-    assert final[0][1] == "${PYTHON_IMAGE}"
-    assert re.search(r"ARG PYTHON_IMAGE=python:3\.\d+-slim", DOCKERFILE)
-
-
-def test_final_stage_is_slim_and_non_root() -> None:
-    final = stages()[-1]
-    runs = " ".join(rest for keyword, rest in final if keyword == "RUN")
-    assert not any(tool in runs for tool in BUILD_TOOLS), runs
-    assert "--no-index" in runs, "installs only the wheels built in the first stage"
-    assert [keyword for keyword, _ in final].count("COPY") == 0, (
-        "wheels are bind-mounted, not copied"
-    )
-    (user,) = [rest for keyword, rest in final if keyword == "USER"]
+def test_image_user_lets_kubernetes_verify_run_as_non_root() -> None:
+    """runAsNonRoot without runAsUser needs a numeric, non-zero USER in the image: with a
+    name, the kubelet cannot verify it and refuses to start the container."""
+    (user,) = [rest for keyword, rest in stages()[-1] if keyword == "USER"]
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and int(uid) > 0 and (not gid or gid.isdigit()), user
-    assert ("ENTRYPOINT", '["cache-injector"]') in final
 
 
 def test_default_command_matches_the_chart() -> None:

@@ -1,4 +1,4 @@
-"""The engine end to end on pods: what the injected pod looks like, the rules of DESIGN.md
+"""The engine end to end on pods: what the injected pod looks like, the rules of docs/design.md
 ("The injected pod"), warnings, denials and idempotency."""
 
 from __future__ import annotations

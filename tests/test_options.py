@@ -3,6 +3,7 @@ precedence is annotation > namespace-policy > policy-default > built-in; limits 
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -11,6 +12,7 @@ from tests.conftest import policy_from
 from webhook.engine.errors import (
     BackendNamespaceNotAllowed,
     InvalidOptions,
+    InvalidPolicy,
     LimitExceeded,
 )
 from webhook.engine.options import resolve_options, unknown_annotation_warnings
@@ -277,6 +279,45 @@ def test_non_string_annotation_value_is_invalid_not_a_crash(policy: Policy) -> N
             namespace="s",
             policy=policy,
         )
+
+
+@pytest.mark.parametrize(
+    ("values_", "problem_key"),
+    [
+        pytest.param({"cache-size": "8Gi"}, "cache-size", id="cache-over-limit"),
+        pytest.param({"cache-size": "1Mi"}, "cache-size", id="cache-under-minimum"),
+        pytest.param({"max-backends": "200"}, "max-backends", id="backends-over-limit"),
+        pytest.param({"listen-port": "6091"}, "listen-port", id="haproxy-port"),
+        pytest.param({"backend": "api:http"}, "backend", id="port-name-with-dns-a"),
+        pytest.param({"backend": "api:80", "discovery": "dns-srv"}, "backend", id="number-srv"),
+        pytest.param({"backend": "api.billing:80"}, "backend", id="namespace-not-allowed"),
+        pytest.param({"cache-size": "64Mi", "backend": "api:http", "discovery": "dns-srv"}, None,
+                     id="valid"),
+    ],
+)  # fmt: skip
+def test_policy_and_annotations_apply_one_rule(
+    values_: dict[str, str], problem_key: str | None
+) -> None:
+    """A value refused in an annotation is refused as the namespace's policy default, with
+    the same text: both callers use policy.check_option / policy.check_backend."""
+    annotation_error = policy_error = None
+    try:
+        resolve_options({P + k: v for k, v in values_.items()}, namespace="shop", policy=CROSS)
+    except InvalidOptions as err:
+        (problem,) = err.problems
+        annotation_error = (problem.key.removeprefix(P), problem.accepted)
+    try:
+        policy_from({"namespaces": {"shop": {**values_, "allowedBackendNamespaces": ["catalog"]}}})
+    except InvalidPolicy as err:
+        (text,) = err.problems
+        where, value, accepted = text.split(": ", 2)
+        policy_error = (where.rsplit(".", 1)[1], accepted)
+        assert json.loads(value) == values_[policy_error[0]]
+    if problem_key is None:
+        assert annotation_error is None and policy_error is None
+    else:
+        assert annotation_error == policy_error
+        assert annotation_error is not None and annotation_error[0] == problem_key
 
 
 def test_defaults_of_the_traffic_options(policy: Policy) -> None:

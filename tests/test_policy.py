@@ -52,11 +52,18 @@ BROKEN = [
     pytest.param({"excludeNamespaces": ["Kube_Stuff"]}, ['excludeNamespaces.0: "Kube_Stuff": a '
                                                          "namespace name"], id="bad-namespace"),
     pytest.param({"namespaces": {"shop": {"backend": "api.catalog:80"}}},
-                 ['namespaces.shop.backend: "api.catalog:80": a Service in shop, or add catalog '
-                  "to namespaces.shop.allowedBackendNamespaces"], id="cross-namespace-default"),
+                 ['namespaces.shop.backend: "api.catalog:80": a Service in namespace shop; the '
+                  "cluster policy does not let shop use Services in catalog (add it to "
+                  "namespaces.shop.allowedBackendNamespaces)"], id="cross-namespace-default"),
     pytest.param({"namespaces": {"shop": {"backend": "api:http"}}},
-                 ['namespaces.shop.backend: "api:http": a port number with discovery dns-a'],
-                 id="port-name-without-srv"),
+                 ['namespaces.shop.backend: "api:http": with discovery dns-a the port must be '
+                  "a number"], id="port-name-without-srv"),
+    pytest.param({"defaults": {"backend": "api:http"}},
+                 ['defaults.backend: "api:http": with discovery dns-a the port must be a number'],
+                 id="cluster-default-port-name-without-srv"),
+    pytest.param({"defaults": {"listen-port": "6090"}},
+                 ['defaults.listen-port: "6090": an integer from 1025 to 65535'],
+                 id="default-listen-port-reserved"),
     pytest.param({"resources": {"varnish": {"limits": {"memory": "256Mi"}}}},
                  ['resources.varnish.limits.memory: "256Mi": at least 384Mi (cache-size 128Mi '
                   "+ transientSize 64Mi + 128Mi workdir + 64Mi headroom)"], id="memory-rule"),

@@ -1,8 +1,12 @@
 """The wheel is what users install: it must carry the sidecar-configs templates and the
-embedded default policy, and its `cache-injector` command must inject from a fresh venv."""
+embedded default policy, and its `cache-injector` command must inject from a fresh venv.
+It is built as the Dockerfile's build stage builds it: from only the files its COPY lines
+put in the build context (less what .dockerignore excludes), so a file the image would miss
+fails here."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -11,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.test_dockerfile import copied_sources, in_context
 
 POD = """\
 apiVersion: v1
@@ -27,8 +32,24 @@ spec:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
+    context = tmp_path_factory.mktemp("docker-context")
+    for source in copied_sources():
+        path = ROOT / source
+        if path.is_dir():
+            shutil.copytree(
+                path,
+                context / source,
+                ignore=lambda folder, names: [
+                    name
+                    for name in names
+                    if not in_context(str((Path(folder) / name).relative_to(ROOT)))
+                ],
+            )
+        else:
+            assert in_context(source), f"{source} is excluded by .dockerignore"
+            shutil.copy2(path, context / source)
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(context)],
         check=True,
         capture_output=True,
         timeout=300,

@@ -38,7 +38,9 @@ from bench.common import process_tree, stop_group, write_results
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 TOOLS = Path(os.environ.get("BENCH_TOOLS", Path.home() / ".cache" / "cache-injector-bench"))
-SHARED = next((p for p in (ROOT.parent / "shared", Path("/work/shared")) if p.is_dir()), None)
+# The Makefile's SHARED (default ../shared, relative to the repository).
+_SHARED = ROOT / os.environ.get("SHARED", "../shared")
+SHARED = _SHARED if _SHARED.is_dir() else None
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 

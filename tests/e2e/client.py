@@ -10,6 +10,7 @@ import base64
 import contextlib
 import hashlib
 import http.client
+import itertools
 import os
 import socket
 import threading
@@ -171,6 +172,18 @@ def between(replies: Iterable[Reply], start: float, end: float = float("inf")) -
 
 def pods(replies: Iterable[Reply]) -> Counter[str]:
     return Counter(reply.pod for reply in replies if reply.ok)
+
+
+def largest_gap(replies: Iterable[Reply], start: float, end: float) -> float:
+    """The longest stretch of [start, end] in which no request was sent (edges included).
+
+    Traffic tests assert this, not a request count: on a loaded machine the generator sends
+    fewer requests than its nominal rate, which says nothing about the pod; a long silence
+    would mean part of the window went unchecked.
+    """
+    times = sorted(reply.at for reply in replies if start <= reply.at <= end)
+    points = [start, *times, end]
+    return max(later - earlier for earlier, later in itertools.pairwise(points))
 
 
 def error_summary(replies: Iterable[Reply], origin: float, limit: int = 8) -> str:

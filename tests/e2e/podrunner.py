@@ -49,11 +49,11 @@ from typing import Any
 import yaml
 
 from tests.e2e.netns import Netns
+from webhook.engine.values import parse_size
 
 BASE_DIR = Path(os.environ.get("CACHE_INJECTOR_E2E_DIR", "/var/tmp/cache-injector-e2e"))
 PID1 = Path(__file__).with_name("pid1.py")  # forks the container's PID 1, reports its exit
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-QUANTITY = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "k": 1000, "M": 1000**2, "G": 1000**3}
 
 # The kubelet's numbers (pkg/kubelet/kubelet.go, kuberuntime_container.go).
 DEFAULT_GRACE_SECONDS = 30  # terminationGracePeriodSeconds when the pod sets none
@@ -61,13 +61,6 @@ MINIMUM_GRACE_SECONDS = 2  # minimumGracePeriodInSeconds: never less to stop a c
 BACKOFF_INITIAL_SECONDS = 10.0  # backOffPeriod
 BACKOFF_MAX_SECONDS = 300.0  # MaxContainerBackOff
 TEARDOWN_GRACE_SECONDS = 10  # close(): the test's own clean-up, not a kubelet behaviour
-
-
-def parse_quantity(text: str) -> int:
-    for suffix, factor in QUANTITY.items():
-        if text.endswith(suffix):
-            return int(float(text[: -len(suffix)]) * factor)
-    return int(text)
 
 
 def memory_cgroup_root() -> Path | None:
@@ -243,7 +236,7 @@ class PodSpec:
                     read_only_root=bool(security.get("readOnlyRootFilesystem")),
                     native_sidecar=native,
                     pre_stop=Hook.parse(pre_stop) if pre_stop else None,
-                    memory_limit=parse_quantity(str(memory)) if memory else None,
+                    memory_limit=parse_size(str(memory)) if memory else None,
                 )
             )
         # Native sidecars start first, in order; then the regular containers.
@@ -518,7 +511,7 @@ class PodRunner:
             if empty_dir is not None and empty_dir.get("medium") == "Memory":
                 options = "mode=0777"
                 if empty_dir.get("sizeLimit"):
-                    options += f",size={parse_quantity(str(empty_dir['sizeLimit']))}"
+                    options += f",size={parse_size(str(empty_dir['sizeLimit']))}"
                 self._nsenter_mount(["-t", "tmpfs", "-o", options, "tmpfs"], name)
 
     def _nsenter_mount(self, args: list[str], volume: str) -> None:

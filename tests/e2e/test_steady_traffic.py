@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e.client import Traffic, error_summary, errors, pods
+from tests.e2e.client import Traffic, error_summary, errors, largest_gap, pods
 from tests.e2e.harness import Observed, PodEnv, generation, mixed_path, observe, stop_seconds
 from tests.e2e.scenarios import Scenarios, background, recorder, sleep
 
@@ -57,7 +57,9 @@ def test_75_seconds_of_steady_traffic_without_an_error(
     note("SIGTERM to exit s", seen.extra["stop_seconds"])
     downs = [line for line in seen.haproxy_log.splitlines() if "DOWN" in line]
     note("HAProxy server DOWN events", len(downs))
-    assert len(seen.replies) >= SECONDS * RATE * 0.9
+    gap = largest_gap(seen.replies, seen.marks["start"], seen.marks["end"])
+    note("longest stretch without a request s", round(gap, 2))
+    assert gap <= 5, f"{gap:.1f} s of the run went unchecked (the count is a figure, above)"
     assert not bad, error_summary(seen.replies, seen.marks["start"]) + "\n" + seen.diagnostics
     assert set(pods(uncached)) == set(seen.backend_requests), seen.diagnostics
     last = [r for r in uncached if r.at > seen.marks["end"] - 10]

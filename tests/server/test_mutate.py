@@ -351,7 +351,7 @@ def test_chunked_body_over_cap_is_413(client: Client) -> None:
 
 
 def test_runs_on_uvloop_and_httptools(client: Client, server: Server) -> None:
-    """The pure-Python loop or parser would make p50 far worse (DESIGN.md "Server")."""
+    """The pure-Python loop or parser would make p50 far worse (docs/design.md "Server")."""
     ready = client.get("/readyz").json()
     assert ready["loop"] == "uvloop.Loop"
     assert ready["http"] == "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol"

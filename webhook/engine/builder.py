@@ -1,6 +1,6 @@
 """Build the cache-haproxy and cache-varnish containers and their volumes as plain dicts.
 
-Owns: what the injected pod looks like (DESIGN.md "The injected pod"): commands, ports,
+Owns: what the injected pod looks like (docs/design.md "The injected pod"): commands, ports,
 probes, volumes, securityContext, resources and the memory-limit rule; merging a container
 the user declared under our name; port clash detection. Does not: render configs or build
 patch operations.
@@ -9,7 +9,6 @@ patch operations.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from . import names, values
@@ -19,15 +18,6 @@ from .options import Options
 from .policy import VARNISH_WORKDIR_SIZE, Policy, Resources, varnish_memory_limit
 
 JsonDict = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Sidecars:
-    """What injection adds: containers in start order and the volumes they mount."""
-
-    containers: tuple[JsonDict, ...]
-    volumes: tuple[JsonDict, ...]
-    warnings: tuple[str, ...]
 
 
 def _security_context(uid: int | None) -> JsonDict:
@@ -60,7 +50,7 @@ def _resources(spec: Resources, memory_floor: int | None = None) -> JsonDict:
         }
         out[kind] = entries
     if memory_floor is not None:
-        # The memory-limit rule: never below what a full cache needs (DESIGN.md).
+        # The memory-limit rule: never below what a full cache needs (docs/design.md).
         limit = out["limits"].get("memory")
         if limit is None or values.parse_size(limit) < memory_floor:
             out["limits"]["memory"] = values.format_quantity(memory_floor)

@@ -216,4 +216,3 @@ OPTIONS: tuple[OptionSpec, ...] = (
 
 OPTIONS_BY_NAME = {spec.name: spec for spec in OPTIONS}
 OPTIONS_BY_KEY = {spec.key: spec for spec in OPTIONS}
-OPTIONS_BY_SUFFIX = {spec.suffix: spec for spec in OPTIONS}

@@ -20,7 +20,7 @@ from .errors import (
     LimitExceeded,
 )
 from .memo import BoundedMemo
-from .policy import MIN_CACHE_SIZE, Policy, accepted_text
+from .policy import OverLimit, Policy, accepted_text, check_backend, check_option
 
 Source = Literal["annotation", "namespace-policy", "policy-default", "built-in"]
 
@@ -98,25 +98,12 @@ def _resolve(annotations: Mapping[str, str], namespace: str, policy: Policy) -> 
             problems.append(InvalidAnnotation(spec.key, repr(text), accepted_text(spec, limits)))
             continue
         try:
-            value = values.parse_option_value(spec.kind, text, spec.low, spec.high)
+            value = check_option(spec, text, limits)
+        except OverLimit as err:
+            problems.append(LimitExceeded(spec.key, text, str(err)))
+            continue
         except ValueError as err:
-            problems.append(
-                InvalidAnnotation(spec.key, text, str(err) or accepted_text(spec, limits))
-            )
-            continue
-        if spec.name == "cache_size" and not MIN_CACHE_SIZE <= int(str(value)) <= (
-            policy.max_cache_size
-        ):
-            problems.append(LimitExceeded(spec.key, text, accepted_text(spec, limits)))
-            continue
-        if spec.name == "max_backends" and int(str(value)) > limits.max_backends:
-            problems.append(LimitExceeded(spec.key, text, accepted_text(spec, limits)))
-            continue
-        if spec.name == "listen_port" and value in (
-            names.HAPROXY_LOCAL_PORT,
-            names.HAPROXY_METRICS_PORT,
-        ):
-            problems.append(InvalidAnnotation(spec.key, text, accepted_text(spec, limits)))
+            problems.append(InvalidAnnotation(spec.key, text, str(err)))
             continue
         parsed[spec.name] = value
     problems += _check_backend(parsed, texts, sources, namespace, policy)
@@ -134,40 +121,16 @@ def _check_backend(
 ) -> list[InvalidAnnotation]:
     backend = parsed.get("backend")
     discovery = parsed.get("discovery")
-    if not isinstance(backend, values.Backend) or discovery is None:
+    if not isinstance(backend, values.Backend) or not isinstance(discovery, str):
         return []
     key, text = names.OPTIONS_BY_NAME["backend"].key, str(texts["backend"])
-    problems: list[InvalidAnnotation] = []
-    if discovery == "dns-a" and isinstance(backend.port, str):
-        problems.append(
-            InvalidAnnotation(
-                key,
-                text,
-                "with discovery dns-a the port must be a number (1-65535): A records carry no "
-                "port; a Service port name needs cache-injector.io/discovery: dns-srv",
-            )
+    source = "" if sources["backend"] == "annotation" else f" (from {sources['backend']})"
+    return [
+        (BackendNamespaceNotAllowed if problem.namespace_not_allowed else InvalidAnnotation)(
+            key, text + source if problem.namespace_not_allowed else text, problem.accepted
         )
-    if discovery == "dns-srv" and isinstance(backend.port, int):
-        problems.append(
-            InvalidAnnotation(
-                key,
-                text,
-                "with discovery dns-srv the port must be a Service port name (SRV records are "
-                "_PORTNAME._tcp.SERVICE...), such as web:http",
-            )
-        )
-    if backend.namespace and not policy.may_target(namespace, backend.namespace):
-        source = "" if sources["backend"] == "annotation" else f" (from {sources['backend']})"
-        problems.append(
-            BackendNamespaceNotAllowed(
-                key,
-                text + source,
-                f"a Service in namespace {namespace}; the cluster policy does not let "
-                f"{namespace} use Services in {backend.namespace} "
-                f"(namespaces.{namespace}.allowedBackendNamespaces)",
-            )
-        )
-    return problems
+        for problem in check_backend(backend, discovery, namespace, policy)
+    ]
 
 
 def unknown_annotation_warnings(annotations: Mapping[str, str]) -> list[str]:

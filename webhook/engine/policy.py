@@ -25,7 +25,8 @@ DEFAULT_IMAGES = {"haproxy": "haproxy:3.4", "varnish": "varnish:8.0"}
 # The Varnish workdir holds the shared-memory log (vsl_space, 80 MB by default): a smaller
 # Memory emptyDir makes varnishd fail at launch ("Child failed on launch").
 VARNISH_WORKDIR_SIZE = 128 * values.MIB
-# Allocator overhead and threads beyond cache + Transient + workdir (measured: DESIGN.md).
+# Allocator overhead and threads beyond cache + Transient + workdir (measured: docs/design.md
+# "The injected pod", memory limit).
 VARNISH_MEMORY_HEADROOM = 64 * values.MIB
 MIN_CACHE_SIZE = 16 * values.MIB
 
@@ -131,7 +132,10 @@ class Limits(StrictModel):
 
     max_cache_size: StrictStr = Field("4Gi", description="Largest cache-size a pod may ask for.")
     max_backends: StrictInt = Field(
-        128, ge=1, le=256, description="Largest max-backends a pod may ask for."
+        128,
+        ge=1,
+        le=names.OPTIONS_BY_NAME["max_backends"].high,  # the option's own bound: one place
+        description="Largest max-backends a pod may ask for.",
     )
 
 
@@ -256,22 +260,90 @@ def _pydantic_problems(err: PydanticValidationError) -> list[str]:
     return problems
 
 
+class OverLimit(ValueError):
+    """An option value that parses but passes a cluster policy limit."""
+
+
+def check_option(spec: names.OptionSpec, text: str, limits: Limits) -> object:
+    """Parse one option value and hold it to the policy's limits: the one definition of an
+    option's rules, for annotations (options.py) and for the policy's own defaults.
+
+    Raises ValueError (OverLimit for a limit) whose message is what is accepted.
+    """
+    accepted = accepted_text(spec, limits)
+    try:
+        value = values.parse_option_value(spec.kind, text, spec.low, spec.high)
+    except ValueError as err:
+        raise ValueError(str(err) or accepted) from None
+    if spec.name == "cache_size" and not (
+        MIN_CACHE_SIZE <= int(str(value)) <= values.parse_size(limits.max_cache_size)
+    ):
+        raise OverLimit(accepted)
+    if spec.name == "max_backends" and int(str(value)) > limits.max_backends:
+        raise OverLimit(accepted)
+    if spec.name == "listen_port" and value in (
+        names.HAPROXY_LOCAL_PORT,
+        names.HAPROXY_METRICS_PORT,
+    ):
+        raise ValueError(accepted)
+    return value
+
+
+@dataclass(frozen=True)
+class BackendProblem:
+    """One broken backend rule; `accepted` says what would be accepted instead."""
+
+    accepted: str
+    namespace_not_allowed: bool = False
+
+
+def check_backend(
+    backend: values.Backend, discovery: str, namespace: str | None, policy: Policy | None
+) -> list[BackendProblem]:
+    """The backend rules, for a pod's options and the policy's namespace defaults alike:
+    dns-a needs a port number, dns-srv a port name, and the Service's namespace must be one
+    `namespace` may target (checked when both namespace and policy are known).
+    """
+    problems: list[BackendProblem] = []
+    if discovery == "dns-a" and isinstance(backend.port, str):
+        problems.append(
+            BackendProblem(
+                "with discovery dns-a the port must be a number (1-65535): A records carry no "
+                "port; a Service port name needs discovery dns-srv"
+            )
+        )
+    if discovery == "dns-srv" and isinstance(backend.port, int):
+        problems.append(
+            BackendProblem(
+                "with discovery dns-srv the port must be a Service port name (SRV records are "
+                "_PORTNAME._tcp.SERVICE...), such as web:http"
+            )
+        )
+    if (
+        backend.namespace
+        and namespace is not None
+        and policy is not None
+        and not policy.may_target(namespace, backend.namespace)
+    ):
+        problems.append(
+            BackendProblem(
+                f"a Service in namespace {namespace}; the cluster policy does not let "
+                f"{namespace} use Services in {backend.namespace} (add it to "
+                f"namespaces.{namespace}.allowedBackendNamespaces)",
+                namespace_not_allowed=True,
+            )
+        )
+    return problems
+
+
 def _check_option_values(path: str, options: dict[str, str], limits: Limits) -> list[str]:
     problems: list[str] = []
-    max_cache = values.parse_size(limits.max_cache_size)
     for name, text in options.items():
         spec = names.OPTIONS_BY_NAME[name]
-        where = f"{path}.{spec.suffix}"
         try:
-            parsed = values.parse_option_value(spec.kind, text, spec.low, spec.high)
+            check_option(spec, text, limits)
         except ValueError as err:
-            accepted = str(err) or accepted_text(spec, limits)
-            problems.append(f"{where}: {json.dumps(text)}: {accepted}")
-            continue
-        if name == "cache_size" and not MIN_CACHE_SIZE <= int(str(parsed)) <= max_cache:
-            problems.append(f"{where}: {json.dumps(text)}: {accepted_text(spec, limits)}")
-        if name == "max_backends" and int(str(parsed)) > limits.max_backends:
-            problems.append(f"{where}: {json.dumps(text)}: {accepted_text(spec, limits)}")
+            problems.append(f"{path}.{spec.suffix}: {json.dumps(text)}: {err}")
     return problems
 
 
@@ -310,7 +382,8 @@ def _check_semantics(model: PolicyModel) -> list[str]:
     max_cache = _check_quantity("limits.maxCacheSize", model.limits.max_cache_size, problems)
     if max_cache is not None and max_cache < MIN_CACHE_SIZE:
         problems.append(
-            f"limits.maxCacheSize: {json.dumps(model.limits.max_cache_size)}: at least 16Mi"
+            f"limits.maxCacheSize: {json.dumps(model.limits.max_cache_size)}: at least "
+            f"{values.format_quantity(MIN_CACHE_SIZE)}"
         )
     if problems:
         return problems  # the option checks below need a valid limit
@@ -368,30 +441,20 @@ def _check_semantics(model: PolicyModel) -> list[str]:
 
 
 def _check_backends(policy: Policy) -> list[str]:
-    """Namespace default backends must be ones that namespace may target and can discover."""
+    """Default backends (cluster-wide and per namespace) must be discoverable, and a
+    namespace's must be one that namespace may target."""
     problems: list[str] = []
-    for namespace, entry in policy.namespace_options.items():
-        merged = {**policy.defaults, **entry}
+    scopes: list[tuple[str, str | None, dict[str, str]]] = [("defaults", None, policy.defaults)] + [
+        (f"namespaces.{ns}", ns, {**policy.defaults, **entry})
+        for ns, entry in policy.namespace_options.items()
+    ]
+    for path, namespace, merged in scopes:
         if "backend" not in merged:
             continue
         backend = values.parse_backend(merged["backend"])
-        where = f"namespaces.{namespace}.backend"
-        if backend.namespace and not policy.may_target(namespace, backend.namespace):
-            problems.append(
-                f"{where}: {json.dumps(merged['backend'])}: a Service in {namespace}, or add "
-                f"{backend.namespace} to namespaces.{namespace}.allowedBackendNamespaces"
-            )
-        discovery = merged.get("discovery", "dns-a")
-        if discovery == "dns-a" and isinstance(backend.port, str):
-            problems.append(
-                f"{where}: {json.dumps(merged['backend'])}: a port number with discovery "
-                "dns-a; a port name needs discovery dns-srv"
-            )
-        if discovery == "dns-srv" and isinstance(backend.port, int):
-            problems.append(
-                f"{where}: {json.dumps(merged['backend'])}: a Service port name with "
-                "discovery dns-srv (SRV records are named _PORTNAME._tcp)"
-            )
+        discovery = merged.get("discovery", names.OPTIONS_BY_NAME["discovery"].default or "")
+        for problem in check_backend(backend, discovery, namespace, policy):
+            problems.append(f"{path}.backend: {json.dumps(merged['backend'])}: {problem.accepted}")
     return problems
 
 

@@ -17,6 +17,7 @@ import jinja2
 
 from .. import __version__
 from . import names, values
+from .memo import BoundedMemo
 from .options import Options
 
 TEMPLATE_VCL = "default.vcl.j2"
@@ -114,9 +115,17 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
     }
 
 
-@functools.lru_cache(maxsize=1024)
+_RENDERED: BoundedMemo[tuple[Options, Target, Templates], RenderedConfigs] = BoundedMemo(1024)
+
+
 def render_configs(options: Options, target: Target, templates: Templates) -> RenderedConfigs:
-    """Both configs for one pod. Pure and cached: pods of one workload render once."""
-    context = _template_values(options, target)
-    vcl = None if options.vcl_configmap else templates.vcl.render(context)
-    return RenderedConfigs(vcl=vcl, haproxy_cfg=templates.haproxy_cfg.render(context))
+    """Both configs for one pod. Pure and memoized: pods of one workload render once."""
+    key = (options, target, templates)
+    rendered = _RENDERED.get(key)
+    if rendered is None:
+        context = _template_values(options, target)
+        vcl = None if options.vcl_configmap else templates.vcl.render(context)
+        rendered = _RENDERED.put(
+            key, RenderedConfigs(vcl=vcl, haproxy_cfg=templates.haproxy_cfg.render(context))
+        )
+    return rendered

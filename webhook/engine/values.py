@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|m|k|M|G|T)?$")
+# Kubernetes' quantity grammar (apimachinery resource.ParseQuantity): a signed decimal
+# ("1", "1.5", "1.", ".5"), then a binary suffix, a decimal suffix or a decimal exponent.
+# Exponents are limited to three digits (Kubernetes saturates anything above 2^63 anyway).
+_QUANTITY = re.compile(
+    r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?:(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)|[eE]([+-]?[0-9]{1,3}))?$"
+)
 _QUANTITY_FACTORS: dict[str | None, Decimal] = {
     None: Decimal(1),
-    "m": Decimal("0.001"),
-    "Ki": Decimal(KIB),
-    "Mi": Decimal(MIB),
-    "Gi": Decimal(GIB),
-    "Ti": Decimal(1024 * GIB),
-    "k": Decimal(10**3),
-    "M": Decimal(10**6),
-    "G": Decimal(10**9),
-    "T": Decimal(10**12),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    **{suffix: Decimal(1000**power) for power, suffix in enumerate("kMGTPE", 1)},
+    **{suffix + "i": Decimal(1024**power) for power, suffix in enumerate("KMGTPE", 1)},
 }
 _DURATION = re.compile(r"^([0-9]{1,9})(s|m|h|d)$")
 _DURATION_FACTORS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -42,15 +44,15 @@ HTTP_PATH = re.compile(r"^/[A-Za-z0-9\-._~/%?=&+,:@]{0,255}$")
 
 
 def parse_quantity(text: str) -> Decimal:
-    """A Kubernetes quantity (plain, decimal or binary suffix, or milli) as a number."""
+    """A Kubernetes quantity (binary or decimal suffix, or an exponent) as an exact number."""
     match = _QUANTITY.match(text)
     if not match:
         raise ValueError("")
-    try:
-        number = Decimal(match.group(1))
-    except InvalidOperation as err:  # pragma: no cover - the regex admits only decimals
-        raise ValueError("") from err
-    return number * _QUANTITY_FACTORS[match.group(2)]
+    number, suffix, exponent = match.groups()
+    value = Decimal(number) * _QUANTITY_FACTORS[suffix]
+    if exponent is not None:
+        value = value.scaleb(int(exponent))
+    return value
 
 
 def parse_size(text: str) -> int:

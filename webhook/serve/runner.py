@@ -1,7 +1,7 @@
 """Run the webhook under uvicorn: TLS only, in one process or in N worker processes.
 
 Owns: uvicorn's configuration — uvloop and httptools named outright, so a missing one fails
-start-up instead of serving with the pure-Python parser (p50 170x worse, DESIGN.md "Server");
+start-up instead of serving with the pure-Python parser (p50 170x worse, docs/design.md "Server");
 the keep-alive, graceful-shutdown and concurrency limits; the metrics directory the workers
 share; and the hooks uvicorn calls in each worker for the TLS context and the app (each worker
 builds its own Runtime, watches the files itself and so picks up every rotation and reload).
@@ -111,7 +111,11 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
 
 class SpreadingMultiprocess(Multiprocess):
     """uvicorn's worker supervisor, but worker i listens only on socket i (see
-    listening_sockets); a worker that dies is replaced on the same socket."""
+    listening_sockets); a worker that dies is replaced on the same socket.
+
+    A subclass of a private API because uvicorn (0.54) has no supported way to give each
+    worker its own socket; tests/server/test_supervisor.py fails on an upgrade that breaks it.
+    """
 
     def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
         super().__init__(config, sockets)

@@ -1,6 +1,6 @@
 """The admission webhook over HTTPS: POST /mutate, GET /healthz, /readyz, /metrics.
 
-Owns: the one mapping from failures to answers (STYLE.md section 4): MalformedReview -> HTTP
+Owns: the one mapping from failures to answers (docs/design.md): MalformedReview -> HTTP
 400 with a JSON body; a body over 8 MiB -> 413; a body that does not arrive in time -> 408;
 a CacheInjectorError -> a review that denies; anything else is a bug -> logged with the uid
 and its traceback, counted as internal_error, answered with a review that lets the pod
