@@ -279,7 +279,14 @@ class Download:
 
 
 def download(
-    netns: Netns, host: str, port: int, path: str, *, timeout: float = 120, pace: float = 0
+    netns: Netns,
+    host: str,
+    port: int,
+    path: str,
+    *,
+    timeout: float = 120,
+    pace: float = 0,
+    headers: Mapping[str, str] | None = None,
 ) -> Download:
     """GET path, hashing the body as it arrives (a new connection, read in 64 KiB pieces).
     pace: seconds to pause after each piece - a client slower than the backend."""
@@ -289,7 +296,7 @@ def download(
         digest, length, status, cache = hashlib.sha256(), 0, 0, ""
         connection = http.client.HTTPConnection(host, port, timeout=timeout)
         try:
-            connection.request("GET", path, headers={"Connection": "close"})
+            connection.request("GET", path, headers={"Connection": "close", **(headers or {})})
             response = connection.getresponse()
             status, cache = response.status, response.getheader("X-Cache", "")
             while piece := response.read(65536):

@@ -3,7 +3,8 @@
 A small cache (16Mi, the policy minimum) keeps the large objects at a few tens of MB. A
 working set of 20 cacheable 256 KiB objects is stored first; then objects of 0.5x, 1.5x and
 3x the cache size, with Content-Length and chunked, are each downloaded twice, the 3x
-ones by 4 clients at once, and one of 6x (larger than Transient) twice by a slow client.
+ones by 4 clients at once, and one of 6x (larger than Transient) by a slow client: twice,
+then with a cookie (a pass).
 Every download must be the full body (same SHA-256 as the backend's), the working set must
 still be served as HITs afterwards, and cache-varnish must stay under 90 % of its memory
 limit, measured in a memory cgroup of that limit throughout.
@@ -84,6 +85,11 @@ def large_responses(gen_name: str) -> Seen:
             for attempt in (1, 2):
                 reply = download(env.netns, POD_IP, LISTEN_PORT, slow, pace=0.0015)
                 seen.downloads.append((f"6x length slow client #{attempt}", reply))
+            # The same with a cookie: passed from vcl_recv (uncacheable whatever its size).
+            reply = download(
+                env.netns, POD_IP, LISTEN_PORT, slow, pace=0.0015, headers={"Cookie": "s=1"}
+            )
+            seen.downloads.append(("6x length slow client, passed (cookie)", reply))
             seen.working_set_after = [get(p).cache for p in WORKING_SET]
         finally:
             done.set()
