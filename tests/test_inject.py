@@ -92,21 +92,23 @@ def test_openshift_style_policy_leaves_uid_to_the_platform(templates: Templates)
 
 
 @pytest.mark.parametrize(
-    ("cache_size", "transient", "limit"),
+    ("cache_size", "transient", "limit", "memory_request"),
     [
-        pytest.param("128Mi", "64Mi", "384Mi", id="defaults"),
-        pytest.param("1Gi", "64Mi", "1280Mi", id="bigger-cache"),
-        pytest.param("128Mi", "256Mi", "576Mi", id="bigger-transient"),
+        # limit: cache + Transient + 16Mi workdir + 32Mi + 1152 B per 352 B of both storages
+        # (a cache full of the smallest objects); request: cache + 16Mi + 32Mi.
+        pytest.param("128Mi", "64Mi", "869Mi", "176Mi", id="defaults"),
+        pytest.param("1Gi", "64Mi", "4697Mi", "1072Mi", id="bigger-cache"),
+        pytest.param("128Mi", "256Mi", "1689Mi", "176Mi", id="bigger-transient"),
     ],
 )
 def test_varnish_memory_limit_rule(
-    cache_size: str, transient: str, limit: str, templates: Templates
+    cache_size: str, transient: str, limit: str, memory_request: str, templates: Templates
 ) -> None:
     policy = policy_from({"transientSize": transient})
     pod = make_pod(annotations={P + "cache-size": cache_size})
     varnish = container(injected_pod(pod, policy, templates), "cache-varnish")
     assert varnish["resources"]["limits"]["memory"] == limit
-    assert varnish["resources"]["requests"]["memory"] == limit
+    assert varnish["resources"]["requests"]["memory"] == memory_request
     assert f"Transient=malloc,{transient.removesuffix('Mi')}M" in varnish["args"]
 
 
@@ -171,7 +173,9 @@ def test_user_declared_container_is_completed_not_duplicated(
     )
     result = injected_pod(pod, policy, templates)
     varnish = container(result, "cache-varnish")
-    assert varnish["env"] == [{"name": "TZ", "value": "UTC"}]
+    # Env merges by name (the user's wins): the invalidation token stays.
+    assert [e["name"] for e in varnish["env"]] == ["CACHE_INJECTOR_PURGE_TOKEN", "TZ"]
+    assert varnish["env"][1] == {"name": "TZ", "value": "UTC"}
     assert varnish["command"] == ["varnishd"]
     assert varnish in result["spec"]["initContainers"]
 
@@ -277,7 +281,10 @@ def test_configs_reach_the_containers_through_the_downward_api(
         assert item["fieldRef"]["fieldPath"] == f"metadata.annotations['{key}']"
         assert annotations[key]
     workdir = volumes["cache-varnish-workdir"]["emptyDir"]
-    assert workdir == {"medium": "Memory", "sizeLimit": "128Mi"}
+    assert workdir == {"medium": "Memory", "sizeLimit": "16Mi"}
+    # The shared-memory log must fit in the workdir, or varnishd fails at launch.
+    args = container(result, "cache-varnish")["args"]
+    assert args[args.index("-p", args.index("debug=+vclrel")) + 1] == "vsl_space=8M"
 
 
 def test_a_pod_without_spec_or_metadata_parts_still_gets_a_patch_that_applies(

@@ -65,8 +65,9 @@ BROKEN = [
                  ['defaults.listen-port: "6090": an integer from 1025 to 65535'],
                  id="default-listen-port-reserved"),
     pytest.param({"resources": {"varnish": {"limits": {"memory": "256Mi"}}}},
-                 ['resources.varnish.limits.memory: "256Mi": at least 384Mi (cache-size 128Mi '
-                  "+ transientSize 64Mi + 128Mi workdir + 64Mi headroom)"], id="memory-rule"),
+                 ['resources.varnish.limits.memory: "256Mi": at least 869Mi (cache-size 128Mi '
+                  "+ transientSize 64Mi + 16Mi workdir + headroom (32Mi + 1152 bytes per 352 "
+                  "bytes of cache and Transient))"], id="memory-rule"),
     pytest.param({"resources": {"haproxy": {"requests": {"cpu": "fast"}}}},
                  ['resources.haproxy.requests.cpu: "fast": a Kubernetes quantity'],
                  id="bad-resource-quantity"),

@@ -1,4 +1,4 @@
-"""The `cache-injector` command: inject, explain, policy check, serve, certs generate.
+"""The `cache-injector` command: inject, uninject, explain, policy check, purge, serve, certs.
 
 Owns: reading files and stdin, printing, exit codes (0 ok, 1 explain found denials, 2 bad
 input or denied injection). Calls inject.py exactly as the webhook does, so what `explain`
@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,6 +22,7 @@ from . import __version__
 from .engine import names
 from .engine.errors import CacheInjectorError, InvalidOptions, InvalidPolicy
 from .engine.inject import Outcome, inject_pod
+from .engine.patch import uninject as unpatch
 from .engine.policy import Policy, default_policy, load_policy_text
 from .engine.render import Templates, load_templates
 from .engine.selection import decide
@@ -51,6 +52,15 @@ def read_policy(path: str | None) -> Policy:
         fail("\n".join(f"{path}: {problem}" for problem in err.problems))
 
 
+def check_revision(revision: str) -> str:
+    """A revision is a label value: a DNS label, so it can name a namespace's choice."""
+    from .engine.values import DNS_LABEL  # noqa: PLC0415
+
+    if not DNS_LABEL.match(revision) or len(revision) > 63:
+        fail(f"--revision: {revision} is invalid: a DNS label (lowercase letters, digits, -)")
+    return revision
+
+
 def parse_labels(text: str | None) -> dict[str, str]:
     """`k=v,k2=v2`, as kubectl writes label selectors."""
     labels: dict[str, str] = {}
@@ -76,6 +86,7 @@ def evaluate(
     templates: Templates,
     namespace: str | None,
     namespace_labels: Mapping[str, str],
+    revision: str = names.DEFAULT_REVISION,
 ) -> Iterator[Result]:
     """Run the engine on every workload's pod template, as the webhook would on its pods."""
     for workload in find_workloads(documents):
@@ -88,6 +99,7 @@ def evaluate(
             templates=templates,
             namespace_labels=namespace_labels,
             owner_kind=workload.kind,
+            revision=revision,
         )
         if (
             outcome.decision.reason == "not_selected"
@@ -129,6 +141,13 @@ def shared_options(command: Any) -> Any:
                 help="Labels of that namespace, to simulate a labelled one: "
                 f"{names.LABEL_INJECT}={names.LABEL_ENABLED}",
             ),
+            click.option(
+                "--revision",
+                default=names.DEFAULT_REVISION,
+                show_default=True,
+                help="Act as the injector of this revision (namespaces pick one with "
+                f"{names.LABEL_REV}).",
+            ),
         ]
     ):
         command = option(command)
@@ -144,7 +163,11 @@ def main() -> None:
 @main.command()
 @shared_options
 def inject(
-    path: str, policy_path: str | None, namespace: str | None, namespace_labels: str | None
+    path: str,
+    policy_path: str | None,
+    namespace: str | None,
+    namespace_labels: str | None,
+    revision: str,
 ) -> None:
     """Write the manifests with the cache injected into every selected pod template."""
     text = read_input(path)
@@ -159,7 +182,12 @@ def inject(
         fail(f"{path}: {err}")
     errors: list[str] = []
     for result in evaluate(
-        documents, policy=policy, templates=templates, namespace=namespace, namespace_labels=labels
+        documents,
+        policy=policy,
+        templates=templates,
+        namespace=namespace,
+        namespace_labels=labels,
+        revision=check_revision(revision),
     ):
         where = prefix(path, result.workload)
         for warning in result.outcome.warnings:
@@ -171,6 +199,36 @@ def inject(
             patch = copy.deepcopy(result.outcome.patch)
             jsonpatch.apply_patch(result.workload.template, patch, in_place=True)
             result.workload.document.changed = True
+    if errors:
+        fail("\n".join(errors))
+    sys.stdout.write("".join(dump_document(document) for document in documents))
+
+
+@main.command()
+@click.option("-f", "--filename", "path", required=True, help="Manifest file, or - for stdin.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not list what was removed on stderr.")
+def uninject(path: str, quiet: bool) -> None:
+    """Write the manifests with the cache taken out again: the inverse of `inject`.
+
+    Removes exactly what each pod template's status annotation lists and restores what
+    injection replaced; documents without an injected template are written back unchanged.
+    """
+    text = read_input(path)
+    try:
+        documents = split_documents(text)
+    except CacheInjectorError as err:
+        fail(f"{path}: {err}")
+    errors: list[str] = []
+    for workload in find_workloads(documents):
+        try:
+            removed = unpatch(workload.template)
+        except ValueError as err:
+            errors.append(f"{prefix(path, workload)}: {err}")
+            continue
+        if removed:
+            workload.document.changed = True
+            if not quiet:
+                click.echo(f"{prefix(path, workload)}: removed {'; '.join(removed)}", err=True)
     if errors:
         fail("\n".join(errors))
     sys.stdout.write("".join(dump_document(document) for document in documents))
@@ -190,6 +248,7 @@ def explain_record(path: str, result: Result) -> dict[str, Any]:
         else "skipped",
         "reason": outcome.decision.reason,
         "message": outcome.decision.message,
+        "revision": revision_of(result),
         "warnings": outcome.warnings,
         "errors": error_lines(outcome.error) if outcome.error else [],
         "options": {},
@@ -210,10 +269,24 @@ def explain_record(path: str, result: Result) -> dict[str, Any]:
     return record
 
 
+def revision_of(result: Result) -> str | None:
+    """The revision that injects (or injected) the workload, from the patch's status."""
+    for op in result.outcome.patch:
+        if op["path"].endswith(names.ANNOTATION_STATUS.replace("/", "~1")):
+            return str(json.loads(op["value"]).get("revision"))
+        if op["path"] == "/metadata/annotations":
+            return str(json.loads(op["value"][names.ANNOTATION_STATUS]).get("revision"))
+    return None
+
+
 def explain_line(record: Mapping[str, Any]) -> str:
+    # The default revision goes unsaid in text (JSON always has it).
+    named = record.get("revision") not in (None, names.DEFAULT_REVISION)
+    revision = f" by revision {record['revision']}" if named else ""
     head = (
         f"{record['file']}: doc {record['doc']} ({record['workload']}, namespace "
-        f"{record['namespace']}): {record['result']} [{record['reason']}] {record['message']}"
+        f"{record['namespace']}): {record['result']}{revision} [{record['reason']}] "
+        f"{record['message']}"
     )
     if record["errors"]:
         head += ": " + "; ".join(record["errors"])
@@ -233,6 +306,7 @@ def explain(
     policy_path: str | None,
     namespace: str | None,
     namespace_labels: str | None,
+    revision: str,
     output: str,
 ) -> None:
     """Say, per workload, whether it would be injected, why, and each option's value and source.
@@ -257,6 +331,7 @@ def explain(
             templates=templates,
             namespace=namespace,
             namespace_labels=labels,
+            revision=check_revision(revision),
         )
     ]
     if output == "json":
@@ -352,6 +427,13 @@ def policy_summary(checked: Policy) -> str:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--revision",
+    default=names.DEFAULT_REVISION,
+    show_default=True,
+    help=f"This injector's revision, recorded in every status (namespaces pick one with "
+    f"{names.LABEL_REV}).",
+)
 def serve(
     *,
     host: str,
@@ -364,6 +446,7 @@ def serve(
     shutdown_timeout: int,
     body_timeout: float,
     log_level: str,
+    revision: str,
 ) -> None:
     """Serve the admission webhook over HTTPS (TLS 1.2+): POST /mutate, GET /healthz,
     /readyz, /metrics. Certificate and policy files are re-read when they change."""
@@ -377,6 +460,7 @@ def serve(
         policy=Path(policy_path) if policy_path else None,
         watch_interval=watch_interval,
         body_timeout=body_timeout,
+        revision=check_revision(revision),
     )
     try:
         runner.check(settings)
@@ -393,6 +477,255 @@ def serve(
             shutdown_timeout=shutdown_timeout,
             log_level=log_level.upper(),
         )
+    )
+
+
+def cluster_options(command: Any) -> Any:
+    for option in reversed(
+        [
+            click.option(
+                "--kubeconfig",
+                help="Kubeconfig file (default: KUBECONFIG, ~/.kube/config, "
+                "else the in-cluster ServiceAccount).",
+            ),
+            click.option("--context", help="Kubeconfig context."),
+            click.option("-n", "--namespace", default="default", show_default=True),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@main.command()
+@cluster_options
+@click.option("-l", "--selector", help="Label selector of the pods (as kubectl -l).")
+@click.option("--deployment", help="The pods of this Deployment (its spec.selector).")
+@click.option("--service", help="The pods behind this Service (its spec.selector).")
+@click.option("--pod", "pods", multiple=True, help="Only this pod (repeatable): to repeat a purge.")
+@click.option(
+    "--url", "urls", multiple=True, help="Path to invalidate, such as /a?b=1 (repeatable)."
+)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    help="Host the URL was requested with (repeatable); without it, the URL at every Host.",
+)
+@click.option("--ban", "bans", multiple=True, help="Regex of URLs to ban (repeatable).")
+@click.option(
+    "--via",
+    type=click.Choice(["proxy", "direct"]),
+    default="proxy",
+    show_default=True,
+    help="proxy: through the API server (pods/proxy); direct: to the pod IPs (in-cluster).",
+)
+@click.option(
+    "--token-file",
+    help=f"File holding the token (default: Secret {names.PURGE_SECRET}, key "
+    f"{names.PURGE_SECRET_KEY}, of the namespace).",
+)
+@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.1, 120),
+              help="Seconds per attempt.")  # fmt: skip
+@click.option("--retries", default=2, show_default=True, type=click.IntRange(0, 10))
+@click.option("--concurrency", default=10, show_default=True, type=click.IntRange(1, 200))
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def purge(
+    *,
+    kubeconfig: str | None,
+    context: str | None,
+    namespace: str,
+    selector: str | None,
+    deployment: str | None,
+    service: str | None,
+    pods: tuple[str, ...],
+    urls: tuple[str, ...],
+    hosts: tuple[str, ...],
+    bans: tuple[str, ...],
+    via: str,
+    token_file: str | None,
+    timeout: float,
+    retries: int,
+    concurrency: int,
+    output: str,
+) -> None:
+    """Invalidate URLs in the cache of every injected pod of a workload, one result per pod.
+
+    Each pod gets a PURGE per --url and --host (or, without --host, a ban of exactly that URL
+    at every Host) and a BAN per --ban, authenticated by the namespace's token. Exits 1 when
+    any pod failed or was unreachable, and prints how to repeat for those pods.
+    """
+    from .cluster import kube  # noqa: PLC0415 (kubernetes loads slowly)
+    from .cluster import purge as purging  # noqa: PLC0415
+
+    chosen = [o for o, v in (("--selector", selector), ("--deployment", deployment),
+                             ("--service", service)) if v]  # fmt: skip
+    problems = purging.check_inputs(urls, hosts, bans)
+    if len(chosen) != 1:
+        problems.append("give exactly one of --selector, --deployment, --service")
+    if problems:
+        fail("\n".join(problems))
+    try:
+        cluster = kube.connect(kubeconfig, context, pool_size=concurrency)
+        if deployment:
+            obj = kube.read(cluster, "Deployment", namespace, deployment)
+            labels = kube.selector_text((obj.get("spec") or {}).get("selector") or {})
+        elif service:
+            obj = kube.read(cluster, "Service", namespace, service)
+            labels = kube.selector_text({"matchLabels": (obj.get("spec") or {}).get("selector")})
+        else:
+            labels = selector or ""
+        if not labels:
+            fail(f"{chosen[0]}: selects every pod of namespace {namespace}; refusing")
+        found = list(kube.list_pods(cluster, namespace, labels))
+        if token_file:
+            token = read_input(token_file).strip("\n")
+        else:
+            token = purging.token_from_secret(cluster, namespace)
+    except kube.ClusterError as err:
+        fail(str(err))
+    targets, skipped = purging.classify(found, pods)
+    send = purging.send_direct if via == "direct" else purging.proxy_sender(cluster, namespace)
+    actions = purging.invalidations(urls, hosts, bans)
+    results = (
+        purging.fan_out(
+            targets,
+            actions,
+            send=send,
+            token=token,
+            timeout=timeout,
+            retries=retries,
+            concurrency=concurrency,
+        )
+        + skipped
+    )
+    bad = [r.pod for r in results if r.result in ("failed", "unreachable")]
+    if output == "json":
+        click.echo(json.dumps({"selector": labels, "pods": purging.as_json(results)}, indent=2))
+    else:
+        click.echo(purge_table(results))
+        counts = {k: sum(r.result == k for r in results) for k in
+                  ("ok", "failed", "unreachable", "skipped")}  # fmt: skip
+        click.echo(
+            f"{len(results)} pods ({labels}): " + ", ".join(f"{v} {k}" for k, v in counts.items())
+        )
+        if bad:
+            again = " ".join(f"--pod {p}" for p in bad)
+            what = " ".join([*(f"--url {u}" for u in urls), *(f"--host {h}" for h in hosts),
+                             *(f"--ban '{b}'" for b in bans)])  # fmt: skip
+            click.echo(
+                f"repeat for those pods: cache-injector purge -n {namespace} -l '{labels}' "
+                f"{again} {what}\n"
+                "(a pod whose cache-varnish restarted meanwhile has an empty cache and needs "
+                "nothing; one that was only unreachable still holds the objects)"
+            )
+    if not results:
+        click.echo(f"no pods match {labels} in namespace {namespace}", err=True)
+    sys.exit(1 if bad or not targets else 0)
+
+
+def purge_table(results: Any) -> str:
+    rows = [("POD", "IP", "RESULT", "TRIES", "SECONDS", "DETAIL")]
+    rows += [(r.pod, r.ip or "-", r.result, str(r.attempts), f"{r.seconds:.3f}", r.detail)
+             for r in results]  # fmt: skip
+    return table(rows)
+
+
+@main.command()
+@click.option("--kubeconfig", help="Kubeconfig file (default: KUBECONFIG, ~/.kube/config, "
+              "else the in-cluster ServiceAccount).")  # fmt: skip
+@click.option("--context", help="Kubeconfig context.")
+@click.option("-n", "--namespace", help="Only this namespace (default: every namespace).")
+@click.option(
+    "--policy", "policy_path", help="The cluster policy the injector runs (default: embedded)."
+)
+@click.option(
+    "--revision",
+    default=names.DEFAULT_REVISION,
+    show_default=True,
+    help="The injector revision the policy belongs to; other revisions' pods are left to "
+    "their own audit (but a pod of a revision no longer installed is reported).",
+)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("--restart", is_flag=True, help="Roll the owners of the pods found (restartedAt).")
+@click.option("--max-restarts", default=1, show_default=True, type=click.IntRange(1, 50),
+              help="Owners rolled at once; the next ones wait for their rollouts.")  # fmt: skip
+@click.option("--rollout-timeout", default=600.0, show_default=True,
+              type=click.FloatRange(1, 7200), help="Seconds to wait for each rollout.")  # fmt: skip
+def audit(
+    *,
+    kubeconfig: str | None,
+    context: str | None,
+    namespace: str | None,
+    policy_path: str | None,
+    revision: str,
+    output: str,
+    restart: bool,
+    max_restarts: int,
+    rollout_timeout: float,
+) -> None:
+    """Find pods that need attention: selected but not injected (missing), injected by
+    another injector version, policy or image (stale), injected but no longer selected.
+
+    Exits 1 when there are findings (a CI or cron gate), 2 on errors. Compares with what
+    this version of cache-injector and the given policy would inject: run the injector's
+    own version (the chart's CronJob does).
+    """
+    from .cluster import audit as auditing  # noqa: PLC0415 (kubernetes loads slowly)
+    from .cluster import kube  # noqa: PLC0415
+
+    checked_policy, templates = read_policy(policy_path), load_templates()
+    try:
+        cluster = kube.connect(kubeconfig, context)
+        labels = auditing.namespace_labels(cluster, namespace)
+        installed: frozenset[str] | None = None
+        try:
+            installed = auditing.installed_revisions(cluster) or None
+            if installed is None:
+                click.echo(f"warning: no MutatingWebhookConfiguration labelled {names.LABEL_REV}"
+                           "; pods of removed revisions are not looked for", err=True)  # fmt: skip
+        except kube.ClusterError as err:
+            click.echo(f"warning: {err}; pods of removed revisions are not looked for", err=True)
+        findings, seen = auditing.audit(
+            kube.list_pods(cluster, namespace, None),
+            namespaces=labels,
+            policy=checked_policy,
+            templates=templates,
+            revision=check_revision(revision),
+            revisions=installed,
+        )
+    except kube.ClusterError as err:
+        fail(str(err))
+    restarts = (
+        auditing.restart_owners(cluster, findings, at_once=max_restarts, timeout=rollout_timeout)
+        if restart
+        else []
+    )
+    if output == "json":
+        click.echo(json.dumps({"pods": seen, "findings": auditing.as_json(findings),
+                               "restarts": auditing.as_json(restarts)}, indent=2))  # fmt: skip
+    else:
+        rows = [("NAMESPACE", "OWNER", "POD", "REVISION", "FINDING", "REASON")]
+        rows += [(f.namespace, f.owner, f.pod, f.revision, f.kind, f.reason) for f in findings]
+        click.echo(table(rows))
+        kinds = sorted({f.kind for f in findings})
+        counts = ", ".join(f"{sum(f.kind == k for f in findings)} {k}" for k in kinds)
+        click.echo(
+            f"{seen} pods audited, {len(findings)} findings" + (f" ({counts})" if counts else "")
+        )
+        if restarts:
+            click.echo("")
+            click.echo(table([("NAMESPACE", "OWNER", "RESULT", "SECONDS", "DETAIL")]
+                             + [(r.namespace, r.owner, r.result, f"{r.seconds:.1f}", r.detail)
+                                for r in restarts]))  # fmt: skip
+    sys.exit(1 if findings else 0)
+
+
+def table(rows: Sequence[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell; the last column as is."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])), row[-1]])
+        for row in rows
     )
 
 

@@ -11,12 +11,21 @@ for every variant), it measures:
 - idle memory with an empty cache: VmRSS of every process of each container (its PID
   namespace), split into anonymous, file and shared-memory pages, and what the Memory
   emptyDirs hold (tmpfs pages count toward a container's memory in Kubernetes, not RSS);
-- cache HITs (one object) with wrk at 1 and 8 connections, keep-alive: requests/s, p50,
-  p99 - through the injected pod and through a plain varnishd: the same rendered VCL and
-  arguments with the backend pointed straight at the backend pod, and no HAProxy container.
+  the footprint per container and in total, as a memory cgroup charges it: PSS of its
+  processes plus its Memory emptyDirs (tests/e2e/footprint.py), idle and after the load;
+- HAProxy's own report (`show info`) of the maxconn and fd limit it chose, and the
+  RLIMIT_NOFILE it started with (the highest this machine allows);
+- cache HITs (one object) with wrk: first 64 connections at once on each idle pod (threads
+  started on demand must not show as errors or a latency cliff), then, after a warm-up, at
+  1 and 8 connections, keep-alive: requests/s, p50, p99 - through the injected pod and
+  through a plain varnishd: the same rendered VCL and arguments less the injector's hasher,
+  thread and log settings (stock varnishd), with the backend pointed straight at the backend
+  pod, and no HAProxy container.
   Both pods run side by side and are measured in turn (the order alternates by round),
   after a warm-up: measured one after the other, the first pod started came out up to 15 %
   slower at 8 connections, and the same pod varied that much in its first runs;
+- varnishncsa and varnishlog attached to each pod during a HIT load at 8 connections: the
+  requests Varnish counted against the records the reader got (lost = overrun log);
 - MISS latency (an uncacheable URL, every request fetched) at 1 connection: Varnish ->
   HAProxy -> backend against Varnish -> backend; the difference is what HAProxy adds. Also
   the backend pod alone (wrk straight at it);
@@ -45,6 +54,7 @@ from typing import Any
 from bench.common import process_tree, stop_group, write_results
 from tests.e2e.clusterdns import PodRecord
 from tests.e2e.conftest import host_problem, sweep_stale_runs
+from tests.e2e.footprint import footprints, haproxy_info
 from tests.e2e.harness import (
     BACKEND_PORT,
     LISTEN_PORT,
@@ -116,9 +126,17 @@ def get(env: PodEnv, host: str, port: int, path: str) -> tuple[int, str]:
 
 # -- the pods ---------------------------------------------------------------------------------
 def plain_varnish(manifest: dict[str, Any]) -> None:
-    """Only cache-varnish: the HAProxy container goes, the VCL's backend is the pod itself."""
+    """Only cache-varnish: the HAProxy container goes, the VCL's backend is the pod itself,
+    and Varnish runs with its stock hasher, thread pools and log size (what the injector's
+    memory settings are measured against), in a workdir the stock log fits in."""
     spec = manifest["spec"]
     spec["initContainers"] = [c for c in spec["initContainers"] if c["name"] != "cache-haproxy"]
+    for container in spec["initContainers"]:
+        if container["name"] == "cache-varnish":
+            container["args"] = stock_args(container["args"])
+    for volume in spec["volumes"]:
+        if volume["name"] == "cache-varnish-workdir":
+            volume["emptyDir"]["sizeLimit"] = "128Mi"
     notes = manifest["metadata"]["annotations"]
     vcl = notes["cache-injector.io/vcl"]
     for old, new in (
@@ -129,6 +147,24 @@ def plain_varnish(manifest: dict[str, Any]) -> None:
         assert vcl.count(old) == 1, old
         vcl = vcl.replace(old, new)
     notes["cache-injector.io/vcl"] = vcl
+
+
+MEMORY_PARAMETERS = ("vsl_space", "thread_pool_min")
+
+
+def stock_args(args: list[str]) -> list[str]:
+    """varnishd arguments without the injector's hasher and memory parameters."""
+    out: list[str] = []
+    pairs = iter(args)
+    for flag in pairs:
+        if flag in ("-h", "-p"):
+            value = next(pairs)
+            if flag == "-h" or value.split("=")[0] in MEMORY_PARAMETERS:
+                continue
+            out += [flag, value]
+        else:
+            out.append(flag)
+    return out
 
 
 @dataclass
@@ -150,6 +186,9 @@ class Run:
     round: int
     start: dict[str, float] = field(default_factory=dict)
     idle_memory: dict[str, dict[str, float]] = field(default_factory=dict)
+    footprint: dict[str, dict[str, float]] = field(default_factory=dict)  # variant -> MiB
+    haproxy_info: dict[str, str] = field(default_factory=dict)
+    log_readers: list[dict[str, Any]] = field(default_factory=list)
     memory_after_load: dict[str, dict[str, float]] = field(default_factory=dict)
     loads: list[Load] = field(default_factory=list)  # injected / plain varnishd / backend
     remedy: list[Load] = field(default_factory=list)  # "vclrel on" / "vclrel off", in turn
@@ -279,6 +318,9 @@ def varnishadm(env: PodEnv, *args: str) -> str:
     return done.stdout
 
 
+BURST = 64  # clients arriving at once at an idle pod
+
+
 def measure(gen_name: str, round_number: int, seconds: int, scratch: Path) -> Run:
     run = Run(generation=generation(gen_name).label, round=round_number)
     url = f"http://{POD_IP}:{LISTEN_PORT}"
@@ -296,21 +338,31 @@ def measure(gen_name: str, round_number: int, seconds: int, scratch: Path) -> Ru
             "haproxy startupProbe s": round(states["cache-haproxy"].time_to_start or 0, 3),
             "varnish startupProbe s": round(varnish.time_to_start or 0, 3),
         }
-        time.sleep(2)  # idle; the cache holds the two objects just checked
-        run.idle_memory = memory(injected)
+        run.haproxy_info = haproxy_info(injected.runner)
         plain, _ = start_pod(gen_name, "plain varnishd", scratch, stack)
         pods = {"injected": injected, "plain varnishd": plain}
-        for env in pods.values():
-            wrk(env, url + HIT_PATH, 8, WARM_UP)  # not counted
+        time.sleep(2)  # idle; each cache holds the two objects just checked
+        run.idle_memory = memory(injected)
+        run.footprint = {variant: footprints(env.runner) for variant, env in pods.items()}
         order = list(pods.items())
         if round_number % 2 == 0:
             order.reverse()
+        # Before any warm-up: the idle pods' thread pools meet 64 clients at once.
+        for variant, env in order:
+            run.loads.append(load(env, variant, "HIT burst", url + HIT_PATH, BURST, seconds))
+        for env in pods.values():
+            wrk(env, url + HIT_PATH, 8, WARM_UP)  # not counted
         for what, path, connections in (("HIT", HIT_PATH, 1), ("HIT", HIT_PATH, 8),
                                          ("MISS", MISS_PATH, 1)):  # fmt: skip
             for variant, env in order:
                 run.loads.append(load(env, variant, what, url + path, connections, seconds))
         backend_url = f"http://{BACKEND_IP}:{BACKEND_PORT}{MISS_PATH}"
         run.loads.append(load(injected, "backend pod alone", "backend", backend_url, 1, seconds))
+        for program in ("varnishncsa", "varnishlog"):
+            for variant, env in order:
+                run.log_readers.append(
+                    log_reader(env, variant, program, url + HIT_PATH, seconds, scratch)
+                )
         for pair in range(2):
             flags = ["+vclrel", "-vclrel"] if pair == 0 else ["-vclrel", "+vclrel"]
             for flag in flags:
@@ -322,9 +374,70 @@ def measure(gen_name: str, round_number: int, seconds: int, scratch: Path) -> Ru
                     )
         varnishadm(injected, "param.set", "debug", "+vclrel")
         run.memory_after_load = memory(injected)
+        run.footprint["injected after load"] = footprints(injected.runner)
+        run.footprint["plain varnishd after load"] = footprints(plain.runner)
     for figure in run.loads + run.remedy:
         print(f"{run.generation} round {round_number}: {figure}", file=sys.stderr)
     return run
+
+
+def client_requests(env: PodEnv) -> int:
+    """Varnish's own count of client requests (MAIN.client_req)."""
+    state = env.runner.states["cache-varnish"]
+    program = Path(env.gen.varnish.path).parents[1] / "bin" / "varnishstat"
+    done = subprocess.run(
+        ["nsenter", f"--target={state.main_pid}", "--mount", "--pid", "--", str(program),
+         "-n", "/var/lib/varnish", "-1", "-f", "MAIN.client_req"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return int(done.stdout.split()[1])
+
+
+def log_reader(
+    env: PodEnv, variant: str, program: str, url: str, seconds: int, scratch: Path
+) -> dict[str, Any]:
+    """varnishncsa or varnishlog attached to the pod's Varnish (in its mount and PID
+    namespaces, as `kubectl exec` would) during a HIT load at 8 connections: how many of the
+    requests Varnish counted (MAIN.client_req, probes included) it logged, and what it said
+    on stderr (an overrun: the writer lapped it in the shared-memory log)."""
+    state = env.runner.states["cache-varnish"]
+    binary = Path(env.gen.varnish.path).parents[1] / "bin" / program
+    options = ["-F", "%U"] if program == "varnishncsa" else ["-g", "raw", "-i", "ReqURL"]
+    out, err = scratch / f"{env.name}-{program}.out", scratch / f"{env.name}-{program}.err"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        reader = subprocess.Popen(
+            ["nsenter", f"--target={state.main_pid}", "--mount", "--pid", "--",
+             str(binary), "-n", "/var/lib/varnish", *options],
+            stdout=stdout, stderr=stderr, start_new_session=True,
+        )  # fmt: skip
+    try:
+        time.sleep(1)  # attached before the load starts
+        before = client_requests(env)
+        data = wrk(env, url, 8, seconds)
+        # The reader catches up with the last records, and the worker threads flush their
+        # counters (read at once, MAIN.client_req came out below wrk's own count).
+        time.sleep(2)
+        served = max(client_requests(env) - before, data["requests"])
+    finally:
+        stop_group(reader)
+    # Every request between the two counter reads is logged after `before`: the first
+    # lines may precede it (the reader was attached earlier), so count only the HIT URL
+    # and the readiness probes varnishstat saw (there are no others).
+    lines = out.read_bytes().splitlines()
+    logged = sum(1 for line in lines if HIT_PATH.encode() in line)
+    probes = sum(1 for line in lines if b"/.cache/ready" in line)
+    complaints = err.read_text(errors="replace").strip()
+    return {
+        "variant": variant,
+        "reader": program,
+        "served": served,
+        "wrk_requests": data["requests"],
+        "logged": logged,
+        "probes_logged": probes,
+        "lost": max(0, served - logged - probes),
+        "requests_per_second": round(data["requests"] / (data["duration_us"] / 1e6), 1),
+        "stderr": complaints[-300:],
+    }
 
 
 def poll_first_answer(env: PodEnv, found: dict[str, float]) -> None:
@@ -377,6 +490,25 @@ def table(runs: list[Run]) -> str:
         lines.append("idle both sidecars VmRSS MiB     " + " / ".join(f"{x:.1f}" for x in sums))
         tmpfs = [str(r.idle_memory["emptyDir Memory (tmpfs)"]) for r in mine]
         lines.append("idle Memory emptyDirs MiB        " + " / ".join(tmpfs))
+        lines.append("footprint MiB (PSS of each container's processes + its Memory emptyDirs):")
+        for variant in mine[0].footprint:
+            for container in mine[0].footprint[variant]:
+                shown = [f"{r.footprint[variant][container]:.1f}" for r in mine]
+                lines.append(f"  {variant:26} {container:14} " + " / ".join(shown))
+        for key in mine[0].haproxy_info:
+            shown = [r.haproxy_info.get(key, "?") for r in mine]
+            lines.append(f"haproxy {key:24} " + " / ".join(shown))
+        for reader in mine[0].log_readers:
+            shown = [
+                f"{x['logged']} of {x['served']} logged ({x['requests_per_second']:.0f}/s), "
+                f"lost {x['lost']}" + (f" ({x['stderr'][:60]!r})" if x["stderr"] else "")
+                for r in mine
+                for x in r.log_readers
+                if (x["variant"], x["reader"]) == (reader["variant"], reader["reader"])
+            ]
+            lines.append(
+                f"{reader['reader']:11} at c8 on {reader['variant']:15} " + " / ".join(shown)
+            )
         lines.append(
             f"{'variant':18} {'load':7} {'c':>2} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} "
             f"{'p99 ms':>7} {'max ms':>7} err  req/s x p50 x p99 x (x: vs plain varnishd)"
@@ -389,7 +521,7 @@ def table(runs: list[Run]) -> str:
                 if f is None:
                     continue
                 ratio = ""
-                if plain and what == "HIT":
+                if plain and what.startswith("HIT"):
                     ratio = (
                         f"{f.requests_per_second / plain.requests_per_second:7.2f} "
                         f"{f.p50_ms / plain.p50_ms:5.2f} {f.p99_ms / plain.p99_ms:5.2f}"

@@ -1,8 +1,15 @@
-"""A pretend Kubernetes API server on 127.0.0.1 that answers Helm's `lookup` of Secrets.
+"""A pretend Kubernetes API server on 127.0.0.1, speaking the real wire format, for what
+talks to one: Helm's `lookup` of Secrets, and the CLI's day-2 commands (purge, audit).
 
-Enough of the API for one thing: render the chart as `helm upgrade` would, with Secrets that
-already exist in the cluster, to prove that mode helm keeps its CA. Serves the core group's
-discovery document and GETs of Secrets; everything else is 404. Plain HTTP on loopback.
+No kube-apiserver runs on these machines; this is the one fake, kept small. It serves:
+discovery of the core group; GET of Secrets, Services, Deployments, Namespaces, ReplicaSets,
+StatefulSets, DaemonSets; LIST of Pods (labelSelector, `limit` + `continue` pagination as
+the API server pages), Namespaces, ReplicaSets; PATCH of Deployments, StatefulSets and
+DaemonSets (strategic merge of the pod template's annotations, as `kubectl rollout restart`
+sends, with a configurable rollout); POST/GET through the pod proxy
+(`pods/NAME:PORT/proxy/PATH`, forwarded to a callable, Authorization stripped as the real
+one does after authenticating); and RBAC-style 403 Status objects for any (verb, resource)
+listed in `forbidden`. Plain HTTP on loopback.
 """
 
 from __future__ import annotations
@@ -10,12 +17,18 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
-_SECRET_PATH = re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/secrets/(?P<name>[^/?]+)")
+_PATH = re.compile(
+    r"^/(?:api/v1|apis/(?P<group>[a-z0-9.]+)/v1)"
+    r"(?:/namespaces/(?P<namespace>[^/]+))?/(?P<resource>[a-z]+)"
+    r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>proxy)(?P<rest>/.*)?)?$"
+)
+_NAMESPACE_ONLY = re.compile(r"^/api/v1/namespaces/(?P<name>[^/]+)$")
 
 _CORE_RESOURCES = {
     "kind": "APIResourceList",
@@ -32,42 +45,256 @@ _CORE_RESOURCES = {
     ],
 }
 
+KINDS = {
+    "secrets": "Secret",
+    "services": "Service",
+    "deployments": "Deployment",
+    "replicasets": "ReplicaSet",
+    "statefulsets": "StatefulSet",
+    "daemonsets": "DaemonSet",
+    "pods": "Pod",
+    "namespaces": "Namespace",
+    "mutatingwebhookconfigurations": "MutatingWebhookConfiguration",
+}
+
+# (namespace, pod name, port, method, path, headers) -> (status, reason, body)
+ProxyHandler = Callable[[str, str, int, str, str, Mapping[str, str]], tuple[int, str, bytes]]
+
+
+def status(code: int, reason: str, message: str) -> dict[str, Any]:
+    """A metav1.Status, as every API error is answered."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+def _requirements(selector: str) -> list[Callable[[Mapping[str, str]], bool]]:
+    """A label selector string (=, ==, !=, in, notin, exists, !exists) as predicates."""
+    tests: list[Callable[[Mapping[str, str]], bool]] = []
+    for raw in re.findall(r"[^,(]+(?:\([^)]*\))?", selector):
+        part = raw.strip()
+        if not part:
+            continue
+        match = re.match(r"^(\S+)\s+(in|notin)\s+\((.*)\)$", part)
+        if match:
+            key, op, values = match[1], match[2], {v.strip() for v in match[3].split(",")}
+            if op == "in":
+                tests.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
+            else:
+                tests.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+        elif "!=" in part:
+            key, value = part.split("!=", 1)
+            tests.append(lambda labels, k=key, v=value: labels.get(k) != v)
+        elif "=" in part:
+            key, value = re.split(r"==?", part, maxsplit=1)
+            tests.append(lambda labels, k=key, v=value: labels.get(k) == v)
+        elif part.startswith("!"):
+            tests.append(lambda labels, k=part[1:]: k not in labels)
+        else:
+            tests.append(lambda labels, k=part: k in labels)
+    return tests
+
+
+def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
+    return all(test(labels) for test in _requirements(selector))
+
 
 class FakeApiServer:
-    """Secrets by (namespace, name), and the paths requested, for assertions."""
+    """Objects by (kind, namespace, name); pods per namespace, in list order."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, page_size: int | None = None) -> None:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.pods: dict[str, list[dict[str, Any]]] = {}
+        self.forbidden: set[tuple[str, str]] = set()  # (verb, resource) answered 403
+        self.proxy: ProxyHandler | None = None
+        self.proxied: list[dict[str, Any]] = []  # what reached the proxy: method, path, headers
+        self.patches: list[tuple[str, str, str, Any]] = []  # (kind, namespace, name, body)
+        self.on_patch: Callable[[str, str, str], None] | None = None  # rolls the owner out
+        self.page_size = page_size  # the server's own cap on `limit`, to force pagination
         self.requests: list[str] = []
+        self.calls: list[tuple[str, str]] = []  # (method, path with query)
+        self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
+    def add(self, obj: dict[str, Any]) -> None:
+        """Store a namespaced object (a Pod is appended to its namespace's list)."""
+        metadata = obj["metadata"]
+        if obj["kind"] == "Pod":
+            self.pods.setdefault(metadata["namespace"], []).append(obj)
+        elif obj["kind"] == "Secret":
+            self.secrets[(metadata["namespace"], metadata["name"])] = obj
+        else:
+            self.objects[(obj["kind"], metadata.get("namespace", ""), metadata["name"])] = obj
+
+    def kubeconfig(self, path: Any, namespace: str = "default") -> str:
+        """A kubeconfig file for the official client (and kubectl) pointing here."""
+        text = json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                "users": [{"name": "me", "user": {"token": "user-token"}}],
+                "contexts": [
+                    {
+                        "name": "fake",
+                        "context": {"cluster": "fake", "user": "me", "namespace": namespace},
+                    }
+                ],
+                "current-context": "fake",
+            }
+        )
+        path.write_text(text)
+        return str(path)
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+            def do_PATCH(self) -> None:
+                self._serve("PATCH")
+
+            def _serve(self, method: str) -> None:
                 api.requests.append(self.path)
-                path = self.path.split("?", 1)[0]
-                match = _SECRET_PATH.match(path)
-                if path == "/api/v1":
-                    self._answer(200, _CORE_RESOURCES)
-                elif match and (match["namespace"], match["name"]) in api.secrets:
-                    self._answer(200, api.secrets[(match["namespace"], match["name"])])
-                else:
-                    self._answer(
-                        404,
-                        {
-                            "kind": "Status",
-                            "apiVersion": "v1",
-                            "status": "Failure",
-                            "reason": "NotFound",
-                            "code": 404,
-                        },
+                api.calls.append((method, self.path))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                parts = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                path = unquote(parts.path)
+                if path == "/api/v1" and method == "GET":
+                    return self._answer(200, _CORE_RESOURCES)
+                match = _PATH.match(path)
+                if not match:
+                    return self._answer(404, status(404, "NotFound", f"{path} not found"))
+                resource, name, namespace = match["resource"], match["name"], match["namespace"]
+                if match["sub"] == "proxy":
+                    return self._proxy(method, namespace or "", name or "", match["rest"] or "/")
+                verb = {"GET": "get" if name else "list", "PATCH": "patch"}.get(method, "create")
+                if (verb, resource) in api.forbidden:
+                    return self._forbidden(verb, resource, namespace)
+                if resource == "namespaces" and name is None and match["namespace"]:
+                    resource, name, namespace = "namespaces", match["namespace"], None
+                if verb == "list":
+                    return self._list(resource, namespace, query)
+                kind = KINDS.get(resource)
+                if kind is None:
+                    return self._answer(404, status(404, "NotFound", f"{resource} unknown"))
+                obj = (
+                    api.secrets.get((namespace or "", name or ""))
+                    if kind == "Secret"
+                    else api.objects.get((kind, namespace or "", name or ""))
+                )
+                if obj is None:
+                    return self._answer(
+                        404, status(404, "NotFound", f'{resource} "{name}" not found')
                     )
+                if verb == "patch":
+                    return self._patch(kind, obj, body)
+                return self._answer(200, obj)
+
+            def _forbidden(self, verb: str, resource: str, namespace: str | None) -> None:
+                where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+                message = (
+                    f'{resource} is forbidden: User "me" cannot {verb} resource "{resource}" '
+                    f'in API group ""{where}'
+                )
+                self._answer(403, status(403, "Forbidden", message))
+
+            def _list(self, resource: str, namespace: str | None, query: dict[str, str]) -> None:
+                kind = KINDS.get(resource, "")
+                if kind == "Pod":
+                    items = list(api.pods.get(namespace or "", []))
+                    if namespace is None:
+                        items = [p for pods in api.pods.values() for p in pods]
+                else:
+                    items = [
+                        o
+                        for (k, ns, _), o in api.objects.items()
+                        if k == kind and (namespace is None or ns == namespace)
+                    ]
+                selector = query.get("labelSelector", "")
+                items = [
+                    i
+                    for i in items
+                    if selector_matches(selector, i["metadata"].get("labels") or {})
+                ]
+                start = int(query.get("continue") or 0)
+                limit = int(query.get("limit") or 0) or len(items)
+                if api.page_size:
+                    limit = min(limit, api.page_size)
+                page = items[start : start + limit]
+                metadata: dict[str, Any] = {"resourceVersion": "1000"}
+                if start + limit < len(items):
+                    metadata["continue"] = str(start + limit)
+                    metadata["remainingItemCount"] = len(items) - start - limit
+                self._answer(
+                    200,
+                    {
+                        "kind": f"{kind}List",
+                        "apiVersion": "v1",
+                        "metadata": metadata,
+                        "items": page,
+                    },
+                )
+
+            def _patch(self, kind: str, obj: dict[str, Any], body: bytes) -> None:
+                patch = json.loads(body or b"{}")
+                with api._lock:
+                    template = obj["spec"]["template"].setdefault("metadata", {})
+                    annotations = (((patch.get("spec") or {}).get("template") or {}).get(
+                        "metadata") or {}).get("annotations") or {}  # fmt: skip
+                    template.setdefault("annotations", {}).update(annotations)
+                    obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
+                    api.patches.append((kind, obj["metadata"].get("namespace", ""),
+                                        obj["metadata"]["name"], patch))  # fmt: skip
+                if api.on_patch:
+                    api.on_patch(
+                        kind, obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+                    )
+                self._answer(200, obj)
+
+            def _proxy(self, method: str, namespace: str, target: str, rest: str) -> None:
+                if ("create" if method == "POST" else "get", "pods/proxy") in api.forbidden:
+                    return self._forbidden("create", "pods/proxy", namespace)
+                name, _, port = target.partition(":")
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
+                api.proxied.append(
+                    {"method": method, "pod": name, "path": rest, "headers": headers}
+                )
+                pods = {p["metadata"]["name"]: p for p in api.pods.get(namespace, [])}
+                if name not in pods or api.proxy is None:
+                    return self._answer(404, status(404, "NotFound", f'pods "{name}" not found'))
+                try:
+                    code, reason, data = api.proxy(
+                        namespace, name, int(port or 80), method, rest, headers
+                    )
+                except OSError as err:
+                    message = f"error trying to reach service: {err}"
+                    return self._answer(503, status(503, "ServiceUnavailable", message))
+                self.send_response(code, reason)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def _answer(self, code: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()

@@ -33,6 +33,7 @@ class Reply:
     body: str
     elapsed: float
     error: str | None = None
+    reason: str = ""
 
     @property
     def ok(self) -> bool:
@@ -82,7 +83,15 @@ class Client:
             for name, value in response.getheaders():
                 key = name.lower()
                 collected[key] = f"{collected[key]}\n{value}" if key in collected else value
-            return Reply(began, path, response.status, collected, body, time.monotonic() - began)
+            return Reply(
+                began,
+                path,
+                response.status,
+                collected,
+                body,
+                time.monotonic() - began,
+                reason=response.reason,
+            )
         except (OSError, http.client.HTTPException) as err:
             error = f"{type(err).__name__}: {err}"
             return Reply(began, path, 0, {}, "", time.monotonic() - began, error)

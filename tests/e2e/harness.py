@@ -130,6 +130,8 @@ class PodEnv:
         policy: str | None = None,
         before_start: Callable[[PodEnv], None] | None = None,
         label: str = "pod",
+        secrets: Mapping[str, Mapping[str, str]] | None = None,
+        pod_name: str = "web-0",
         memory_limits: bool = False,
     ) -> None:
         with _counter_lock:
@@ -149,6 +151,8 @@ class PodEnv:
         self.policy = policy  # policy YAML for `cache-injector inject --policy`
         self.before_start = before_start  # called just before the pod's containers start
         self.label = label
+        self.secrets = dict(secrets or {})  # Secrets of namespace shop: name -> key -> value
+        self.pod_name = pod_name
         self.memory_limits = memory_limits  # run containers in memory cgroups of their limit
         self.backends: dict[str, BackendPod] = {}
         self._next_backend = itertools.count(0)
@@ -186,6 +190,8 @@ class PodEnv:
         for _ in range(self.initial_backends):
             self.add_backend()
         pod = self.pod_manifest or make_pod({})
+        if not self.pod_manifest:
+            pod["metadata"]["name"] = self.pod_name
         pod["metadata"]["annotations"] = {**self.annotations, **pod["metadata"]["annotations"]}
         self.manifest = inject(pod, NAMESPACE, workdir=self.workdir, policy=self.policy_text())
         notes = self.manifest["metadata"]["annotations"]
@@ -201,6 +207,7 @@ class PodEnv:
             nameserver=DNS_IP,
             daemons={"haproxy": self.gen.haproxy.path, "varnishd": self.gen.varnish.path},
             workdir=self.workdir,
+            secrets=self.secrets,
             memory_limits=self.memory_limits,
         )
         self.client = Client(self.netns, POD_IP, LISTEN_PORT)

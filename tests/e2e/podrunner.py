@@ -167,11 +167,25 @@ class Container:
     memory_limit: int | None = None  # resources.limits.memory, bytes
 
 
-def _env(items: list[Mapping[str, Any]], metadata: Mapping[str, Any], pod_ip: str) -> list:
+def _env(
+    items: list[Mapping[str, Any]],
+    metadata: Mapping[str, Any],
+    pod_ip: str,
+    secrets: Mapping[str, Mapping[str, str]],
+) -> list:
     out = []
     for item in items:
         if "value" in item:
             out.append((item["name"], str(item["value"])))
+            continue
+        secret = item.get("valueFrom", {}).get("secretKeyRef")
+        if secret is not None:
+            # As the kubelet: an optional reference to a missing Secret or key sets nothing.
+            value = (secrets.get(secret["name"]) or {}).get(secret["key"])
+            if value is None and not secret.get("optional"):
+                raise NotImplementedError(f"env {item}: a required Secret that is missing")
+            if value is not None:
+                out.append((item["name"], value))
             continue
         path = item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
         known = {
@@ -199,7 +213,14 @@ class PodSpec:
     restart_policy: str = "Always"
 
     @classmethod
-    def parse(cls, manifest: Mapping[str, Any], *, pod_ip: str, prefix: str = "cache-") -> PodSpec:
+    def parse(
+        cls,
+        manifest: Mapping[str, Any],
+        *,
+        pod_ip: str,
+        prefix: str = "cache-",
+        secrets: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> PodSpec:
         metadata = dict(manifest.get("metadata") or {})
         spec = manifest.get("spec") or {}
         containers = []
@@ -224,7 +245,7 @@ class PodSpec:
                 Container(
                     name=raw["name"],
                     argv=tuple(str(a) for a in [*(raw.get("command") or []), *raw.get("args", [])]),
-                    env=tuple(_env(raw.get("env") or [], metadata, pod_ip)),
+                    env=tuple(_env(raw.get("env") or [], metadata, pod_ip, secrets or {})),
                     mounts=tuple(
                         Mount(m["name"], m["mountPath"], bool(m.get("readOnly")))
                         for m in raw.get("volumeMounts") or []
@@ -381,11 +402,12 @@ class PodRunner:
         workdir: Path,
         cluster_domain: str = "cluster.local",
         config_maps: Mapping[str, Mapping[str, str]] | None = None,
+        secrets: Mapping[str, Mapping[str, str]] | None = None,
         memory_limits: bool = False,
     ) -> None:
         self.netns = netns
         self.pod_ip = pod_ip
-        self.spec = PodSpec.parse(manifest, pod_ip=pod_ip)
+        self.spec = PodSpec.parse(manifest, pod_ip=pod_ip, secrets=secrets)
         self.workdir = workdir
         self.daemons = dict(daemons)  # program name on PATH -> binary
         self.config_maps = dict(config_maps or {})

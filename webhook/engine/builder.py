@@ -15,7 +15,14 @@ from . import names, values
 from .errors import ImageOverrideNotAllowed, InvalidAnnotation, PortClash
 from .memo import BoundedMemo
 from .options import Options
-from .policy import VARNISH_WORKDIR_SIZE, Policy, Resources, varnish_memory_limit
+from .policy import (
+    VARNISH_LOG_SIZE,
+    VARNISH_WORKDIR_SIZE,
+    Policy,
+    Resources,
+    varnish_memory_limit,
+    varnish_memory_request,
+)
 
 JsonDict = dict[str, Any]
 
@@ -35,7 +42,9 @@ def _security_context(uid: int | None) -> JsonDict:
     return context
 
 
-def _resources(spec: Resources, memory_floor: int | None = None) -> JsonDict:
+def _resources(
+    spec: Resources, memory_floor: int | None = None, memory_request: int | None = None
+) -> JsonDict:
     out: JsonDict = {}
     for kind in ("requests", "limits"):
         resource_list = getattr(spec, kind)
@@ -55,7 +64,8 @@ def _resources(spec: Resources, memory_floor: int | None = None) -> JsonDict:
         if limit is None or values.parse_size(limit) < memory_floor:
             out["limits"]["memory"] = values.format_quantity(memory_floor)
         if "memory" not in out["requests"]:
-            out["requests"]["memory"] = out["limits"]["memory"]
+            request = memory_floor if memory_request is None else memory_request
+            out["requests"]["memory"] = values.format_quantity(request)
     return {kind: entries for kind, entries in out.items() if entries}
 
 
@@ -126,6 +136,19 @@ def build_haproxy(options: Options, policy: Policy) -> JsonDict:
     return container
 
 
+# Threads each of Varnish's two pools keeps when idle (default 100): 200 idle threads cost
+# ~1.4 MiB and buy nothing a burst needs - the pools add threads on demand (64 clients at
+# once from idle: bench/datapath) and drop them thread_pool_timeout (300 s) after.
+VARNISH_THREADS_MIN = 10
+
+
+def varnish_hash_buckets(cache_size: int) -> int:
+    """Buckets of the classic hasher: one per 32 KiB of cache, at least 1024 (~110 bytes
+    each). Full of ~350-byte objects the chains stay ~100 long at worst; lookups compare
+    32-byte digests under the bucket's own lock, so a few hundred ns."""
+    return max(1024, cache_size // (32 * values.KIB))
+
+
 # Bytes a passed (uncacheable) response may run ahead of its slowest client. Without a cap a
 # backend faster than its clients fills Transient: 6 concurrent 48 MiB passes through a
 # 64 MiB Transient got one 503 (Content-Length) or six truncated bodies (chunked); with 1 MiB
@@ -161,6 +184,11 @@ def varnish_args(options: Options, policy: Policy) -> list[str]:
         f"malloc,{cache_mib}M",
         "-s",
         f"Transient=malloc,{transient_mib}M",
+        # The default critbit hasher keeps each evicted object's objhead for critbit_cooloff
+        # (180 s): a stream of unique small objects grew past any limit (450 MiB, 117 % of
+        # the default pod's). classic frees it at once: memory levels off.
+        "-h",
+        f"classic,{varnish_hash_buckets(options.cache_size)}",
         # A full cache must evict, not fail: with the default (50 evictions per fetch) large
         # objects arriving into a cache of small ones got 503s; 10000 left none.
         "-p",
@@ -174,6 +202,12 @@ def varnish_args(options: Options, policy: Policy) -> list[str]:
         # deletion until SIGKILL. Its cost on HITs is below the noise (bench/datapath).
         "-p",
         "debug=+vclrel",
+        # The shared-memory log lives in the workdir's Memory emptyDir: 80M by default, most
+        # of an idle pod's memory (policy.VARNISH_LOG_SIZE says why this size).
+        "-p",
+        f"vsl_space={VARNISH_LOG_SIZE // values.MIB}M",
+        "-p",
+        f"thread_pool_min={VARNISH_THREADS_MIN}",
     ]
     if has_transit_buffer(policy.model.images.varnish):
         args += ["-p", f"transit_buffer={TRANSIT_BUFFER}"]
@@ -184,6 +218,7 @@ def build_varnish(options: Options, policy: Policy) -> JsonDict:
     """cache-varnish: varnishd in the foreground, workdir and /tmp on Memory emptyDirs."""
     model = policy.model
     floor = varnish_memory_limit(options.cache_size, policy.transient_size)
+    request = varnish_memory_request(options.cache_size, policy.transient_size)
     if options.vcl_configmap:
         # A user's VCL may not answer /.cache/ready: only check that Varnish accepts.
         startup = _tcp_probe(names.PORT_NAME_HTTP, period=1, failures=60)
@@ -201,9 +236,25 @@ def build_varnish(options: Options, policy: Policy) -> JsonDict:
         "ports": [
             {"name": names.PORT_NAME_HTTP, "containerPort": options.listen_port, "protocol": "TCP"}
         ],
+        # The token for invalidation from outside the pod (default.vcl.j2), when the user
+        # created the Secret; unset otherwise, and the pod starts either way.
+        "env": [
+            {
+                "name": names.PURGE_TOKEN_ENV,
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": names.PURGE_SECRET,
+                        "key": names.PURGE_SECRET_KEY,
+                        "optional": True,
+                    }
+                },
+            }
+        ],
         "startupProbe": startup,
         "readinessProbe": readiness,
-        "resources": _resources(model.resources.varnish, memory_floor=floor),
+        "resources": _resources(
+            model.resources.varnish, memory_floor=floor, memory_request=request
+        ),
         "securityContext": _security_context(model.run_as_user.varnish),
         "volumeMounts": [
             {
@@ -258,7 +309,7 @@ def build_volumes(options: Options) -> list[JsonDict]:
         },
         {"name": names.VOLUME_HAPROXY_RUN, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         varnish_config,
-        # The shared-memory log lives here (80 MB): smaller and varnishd fails at launch.
+        # The shared-memory log lives here: smaller than vsl_space and varnishd fails at launch.
         {
             "name": names.VOLUME_VARNISH_WORKDIR,
             "emptyDir": {
@@ -343,6 +394,10 @@ def merge_user_container(built: JsonDict, declared: Mapping[str, Any], policy: P
         )
     merged = dict(built)
     merged.update(declared)
+    if isinstance(declared.get("env"), list) and built.get("env"):
+        # Env is merged by name (the user's wins), so the invalidation token stays.
+        mine = {e.get("name") for e in declared["env"] if isinstance(e, dict)}
+        merged["env"] = [e for e in built["env"] if e["name"] not in mine] + declared["env"]
     return merged
 
 
@@ -362,8 +417,8 @@ def memory_limit_warning(
         return None
     return (
         f"container {names.CONTAINER_VARNISH} memory limit {limit} is below "
-        f"{values.format_quantity(floor)} (cache-size + Transient + workdir + 64Mi): "
-        "it will be OOM-killed when the cache fills"
+        f"{values.format_quantity(floor)} (cache-size + Transient + workdir + headroom for "
+        "the smallest objects): it can be OOM-killed when the cache fills"
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from . import builder, names
 from .errors import CacheInjectorError, InvalidAnnotation, InvalidOptions
 from .options import Options, resolve_options, unknown_annotation_warnings
-from .patch import Op, build_patch, status_annotation
+from .patch import Op, build_patch
 from .policy import Policy
 from .render import RenderedConfigs, Target, Templates, render_configs
 from .selection import Decision, decide, select_pod
@@ -92,8 +92,10 @@ def inject_pod(
     templates: Templates,
     namespace_labels: Mapping[str, str] | None = None,
     owner_kind: str | None = None,
+    revision: str = names.DEFAULT_REVISION,
 ) -> Outcome:
-    """Decide, validate and build the patch for one pod (or pod template)."""
+    """Decide, validate and build the patch for one pod (or pod template), as the injector
+    of `revision` (recorded in the status annotation)."""
     decision = select_pod(
         pod,
         namespace=namespace,
@@ -101,6 +103,7 @@ def inject_pod(
         policy=policy,
         namespace_labels=namespace_labels,
         owner_kind=owner_kind,
+        revision=revision,
     )
     if not decision.inject:
         return Outcome(allowed=True, decision=decision)
@@ -162,8 +165,6 @@ def inject_pod(
     written = {names.ANNOTATION_HAPROXY_CFG: configs.haproxy_cfg}
     if configs.vcl is not None:
         written[names.ANNOTATION_VCL] = configs.vcl
-    volume_names = [v["name"] for v in volumes]
-    written[names.ANNOTATION_STATUS] = status_annotation(merged, volume_names, configs.digest)
     patch = build_patch(
         pod,
         containers=merged,
@@ -171,6 +172,8 @@ def inject_pod(
         annotations=written,
         replaced={name: (group, index) for name, (group, index, _) in declared.items()},
         native=policy.model.native_sidecars,
+        config_hash=configs.digest,
+        revision=revision,
     )
     return Outcome(
         allowed=True,

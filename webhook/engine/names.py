@@ -14,6 +14,10 @@ PREFIX = "cache-injector.io/"
 LABEL_INJECT = PREFIX + "inject"
 LABEL_ENABLED = "enabled"
 LABEL_DISABLED = "disabled"
+# A namespace label naming the injector revision that injects its pods (Istio's istio.io/rev);
+# `inject=enabled` on the namespace means the default revision and wins over it.
+LABEL_REV = PREFIX + "rev"
+DEFAULT_REVISION = "default"
 
 # Written by the injector.
 ANNOTATION_STATUS = PREFIX + "status"
@@ -47,6 +51,9 @@ PORT_NAME_HTTP = "cache-http"
 PORT_NAME_METRICS = "cache-metrics"
 HAPROXY_LOCAL_PORT = 6090
 HAPROXY_METRICS_PORT = 6091
+# HAProxy's fd-hard-limit: bounds its fd tables (and maxconn, ~half of it) whatever
+# RLIMIT_NOFILE the runtime gives.
+HAPROXY_FD_HARD_LIMIT = 8192
 
 # Paths inside the sidecars.
 HAPROXY_CONFIG_DIR = "/etc/cache-injector/haproxy"
@@ -61,6 +68,16 @@ HAPROXY_HEALTH_PATH = "/healthz"
 # probes it, so it knows when to serve stale objects from grace instead of fetching.
 HAPROXY_BACKENDS_UP_PATH = "/.cache/backends-up"
 STICKY_COOKIE = "CACHESRV"
+# Invalidation from outside the pod: a token from a Secret the user creates (the injector
+# makes no API calls; the env var is optional), sent in a header the API server's pod proxy
+# passes on (it strips Authorization), to paths that work through that proxy too.
+PURGE_SECRET = "cache-injector-purge"
+PURGE_SECRET_KEY = "token"
+PURGE_TOKEN_ENV = "CACHE_INJECTOR_PURGE_TOKEN"
+PURGE_TOKEN_HEADER = "X-Cache-Token"
+PURGE_PATH = "/.cache/purge"
+BAN_PATH = "/.cache/ban"
+PURGE_TOKEN_MIN_LENGTH = 16
 
 # Namespaces never injected, whatever the policy says.
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
@@ -126,7 +143,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "quantity",
         "128Mi",
         "a Kubernetes memory quantity from 16Mi to {limit} such as 256Mi or 1Gi",
-        "Varnish malloc storage for cached objects.",
+        "Varnish malloc storage for cached objects (allocated as it fills: the idle pod's "
+        "~30 MiB does not change); cache-varnish's memory limit grows with it "
+        "(docs/policy.md, resources.varnish).",
     ),
     OptionSpec(
         "default_ttl",

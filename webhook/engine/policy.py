@@ -22,18 +22,67 @@ from . import names, values
 from .errors import InvalidPolicy
 
 DEFAULT_IMAGES = {"haproxy": "haproxy:3.4", "varnish": "varnish:8.0"}
-# The Varnish workdir holds the shared-memory log (vsl_space, 80 MB by default): a smaller
-# Memory emptyDir makes varnishd fail at launch ("Child failed on launch").
-VARNISH_WORKDIR_SIZE = 128 * values.MIB
-# Allocator overhead and threads beyond cache + Transient + workdir (measured: docs/design.md
-# "The injected pod", memory limit).
-VARNISH_MEMORY_HEADROOM = 64 * values.MIB
+# Varnish's shared-memory log (vsl_space, 80M by default: 80 % of an idle pod's memory). It
+# must be big enough that varnishlog/varnishncsa attached to the pod keep up with a c=8 HIT
+# load without being overrun. Measured (Varnish 8.0, 20-40 k req/s, bench/datapath): 1M and
+# 2M overran, 4M overran in 1 of 2 runs (8.0's varnishncsa then died on an assert), 8M lost
+# no record in any run, on 7.1 either. So an access-log reader needs no bigger log.
+VARNISH_LOG_SIZE = 8 * values.MIB
+# The workdir emptyDir (tmpfs, charged to the container): the log, plus counters, the
+# compiled VCLs and the panic buffer (under 1 MiB at idle). Smaller than the log and
+# varnishd fails at launch ("Child failed on launch").
+VARNISH_WORKDIR_SIZE = VARNISH_LOG_SIZE + 8 * values.MIB
+# Besides cache, Transient and workdir: threads, sessions, VCL, allocator (measured idle
+# 5-8 MiB PSS, after 64 concurrent clients a few MiB more).
+VARNISH_BASE_MEMORY = 32 * values.MIB
+# What each object costs outside -s malloc (objcore, objhead, storage header, allocator),
+# and the least -s malloc storage one takes (status, headers, a few bytes of body).
+# Measured with a stream of unique tiny objects (docs/design.md, "Small objects"): ~1.05 KB
+# outside for ~350 bytes inside; a cache full of them holds 3x its size outside storage.
+VARNISH_OBJECT_OVERHEAD = 1152
+VARNISH_SMALLEST_OBJECT = 352
 MIN_CACHE_SIZE = 16 * values.MIB
 
 
-def varnish_memory_limit(cache_size: int, transient_size: int) -> int:
-    """The least memory limit under which cache-varnish is not OOM-killed when full."""
-    return cache_size + transient_size + VARNISH_WORKDIR_SIZE + VARNISH_MEMORY_HEADROOM
+def _whole_mib(size: int) -> int:
+    return -(-size // values.MIB) * values.MIB
+
+
+def varnish_memory_headroom(cache_size: int, transient_size: int) -> int:
+    """Memory beyond cache + Transient + workdir: a fixed base plus the per-object cost of
+    as many objects as both storages can hold, so it follows the cache size (a fixed
+    headroom held for big objects and was OOM-killed by a stream of tiny ones)."""
+    objects = (cache_size + transient_size) // VARNISH_SMALLEST_OBJECT
+    return _whole_mib(VARNISH_BASE_MEMORY + objects * VARNISH_OBJECT_OVERHEAD)
+
+
+def varnish_memory_limit(
+    cache_size: int, transient_size: int, workdir_size: int = VARNISH_WORKDIR_SIZE
+) -> int:
+    """The least memory limit under which cache-varnish is not OOM-killed when full, even
+    of the smallest objects: cache + Transient + workdir + headroom."""
+    headroom = varnish_memory_headroom(cache_size, transient_size)
+    return cache_size + transient_size + workdir_size + headroom
+
+
+def varnish_memory_request(
+    cache_size: int, transient_size: int, workdir_size: int = VARNISH_WORKDIR_SIZE
+) -> int:
+    """The memory request when the policy sets none: a full cache of ordinary objects
+    (cache + workdir + base), not the tiny-object worst case the limit must hold for."""
+    del transient_size  # Transient holds passes in flight: usually empty
+    return cache_size + workdir_size + VARNISH_BASE_MEMORY
+
+
+def describe_memory_rule(cache: str, transient: str) -> str:
+    """The rule in words, for error messages and docs."""
+    return (
+        f"cache-size {cache} + transientSize {transient} + "
+        f"{values.format_quantity(VARNISH_WORKDIR_SIZE)} workdir + headroom "
+        f"({values.format_quantity(VARNISH_BASE_MEMORY)} + "
+        f"{VARNISH_OBJECT_OVERHEAD} bytes per {VARNISH_SMALLEST_OBJECT} bytes of cache and "
+        "Transient)"
+    )
 
 
 class StrictModel(BaseModel):
@@ -121,9 +170,10 @@ class SidecarResources(StrictModel):
     )
     varnish: Resources = Field(
         default_factory=lambda: Resources(requests=ResourceList(cpu="100m")),
-        description="cache-varnish resources. The memory limit (and, when unset, the request) "
-        "is never below cache-size + transientSize + 128Mi workdir + 64Mi headroom; a lower "
-        "limit here fails `policy check`.",
+        description="cache-varnish resources. The memory limit is never below cache-size + "
+        "transientSize + 16Mi workdir + headroom (32Mi + 1152 bytes per 352 bytes of cache "
+        "and Transient: what a cache full of the smallest objects needs); a lower limit here "
+        "fails `policy check`. An unset request is cache-size + 16Mi + 32Mi.",
     )
 
 
@@ -433,9 +483,9 @@ def _check_semantics(model: PolicyModel) -> list[str]:
         if size is not None and size < needed:
             problems.append(
                 f"resources.varnish.limits.memory: {json.dumps(limit)}: at least "
-                f"{values.format_quantity(needed)} (cache-size {default_cache} + transientSize "
-                f"{model.transient_size} + 128Mi workdir + 64Mi headroom), or leave it unset "
-                "to have it computed"
+                f"{values.format_quantity(needed)} "
+                f"({describe_memory_rule(default_cache, model.transient_size)}), "
+                "or leave it unset to have it computed"
             )
     return problems
 

@@ -108,10 +108,17 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "grace": options.grace,
         "local_port": names.HAPROXY_LOCAL_PORT,
         "metrics_port": names.HAPROXY_METRICS_PORT,
+        "fd_hard_limit": names.HAPROXY_FD_HARD_LIMIT,
         "run_dir": names.HAPROXY_RUN_DIR,
         "health_uri": names.HAPROXY_HEALTH_PATH,
         "backends_up_path": names.HAPROXY_BACKENDS_UP_PATH,
         "ready_path": names.VARNISH_READY_PATH,
+        "purge_secret": names.PURGE_SECRET,
+        "purge_secret_key": names.PURGE_SECRET_KEY,
+        "token_env": names.PURGE_TOKEN_ENV,
+        "token_header": names.PURGE_TOKEN_HEADER,
+        "purge_path": names.PURGE_PATH,
+        "ban_path": names.BAN_PATH,
     }
 
 

@@ -5,13 +5,18 @@ label, log field and `explain` output. Does not: parse option values or build an
 
 Pod label vs namespace label (the pod's label wins):
 
-    pod label \\ namespace   enabled          not enabled
-    enabled                 inject           inject
-    disabled                label_disabled   label_disabled
-    absent                  inject           not_selected
+    pod label \\ namespace   enabled or rev=R   neither
+    enabled                 inject             inject
+    disabled                label_disabled     label_disabled
+    absent                  inject             not_selected
+
+Revisions: a namespace labelled `rev=R` (and not `inject=enabled`, which means the default
+revision and wins) has its pods injected by revision R only; every other pod belongs to the
+default revision. An injector of another revision leaves the pod alone (other_revision).
 
 The webhook is only called for pods the MutatingWebhookConfiguration matched, so there a pod
-without the label was matched through its namespace (`namespace_labels=None`).
+without the label was matched through its namespace (`namespace_labels=None`), and by the
+entry of its revision.
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ REASONS: dict[str, str] = {
     # injected
     "pod_label": "the pod is labelled {label}=enabled",
     "namespace_label": "namespace {namespace} is labelled {label}=enabled",
+    "namespace_revision": "namespace {namespace} is labelled {rev}={revision}",
     # not injected, allowed
     "not_create": "only CREATE is injected; this is {operation}",
     "not_pod": "only Pods are injected; this is {kind}",
     "namespace_excluded": "namespace {namespace} is excluded (system namespace or the "
     "policy's excludeNamespaces)",
     "label_disabled": "the pod is labelled {label}=disabled",
+    "other_revision": 'namespace {namespace} picks injector revision "{wanted}"; this is '
+    "revision {revision}",
     "not_selected": "neither the pod template nor namespace {namespace} is labelled "
     "{label}=enabled",
     "label_on_workload_only": "the {kind} is labelled {label}=enabled but its pod template "
@@ -65,6 +73,7 @@ def decide(inject: bool, reason: str, **context: str) -> Decision:
         "label": names.LABEL_INJECT,
         "status": names.ANNOTATION_STATUS,
         "backend": names.OPTIONS_BY_NAME["backend"].key,
+        "rev": names.LABEL_REV,
         **context,
     }
     return Decision(inject, reason, REASONS[reason].format_map(_Blank(fields)))
@@ -78,6 +87,15 @@ class _Blank(dict[str, str]):
 def is_injected(pod: Mapping[str, Any]) -> bool:
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     return names.ANNOTATION_STATUS in annotations
+
+
+def namespace_revision(namespace_labels: Mapping[str, str] | None) -> str:
+    """The revision a namespace's pods belong to: inject=enabled means the default one; a rev
+    label, even empty (then no injector's), names it, as the webhook configurations do."""
+    labels = namespace_labels or {}
+    if labels.get(names.LABEL_INJECT) == names.LABEL_ENABLED:
+        return names.DEFAULT_REVISION
+    return labels.get(names.LABEL_REV, names.DEFAULT_REVISION)
 
 
 def has_host_network(pod: Mapping[str, Any]) -> bool:
@@ -104,8 +122,9 @@ def select_pod(
     policy: Policy,
     namespace_labels: Mapping[str, str] | None = None,
     owner_kind: str | None = None,
+    revision: str = names.DEFAULT_REVISION,
 ) -> Decision:
-    """Should this pod be injected? Options are not looked at here (inject.py does that)."""
+    """Should this pod be injected, by this revision? Options are not looked at here."""
     if operation != "CREATE":
         return decide(False, "not_create", operation=operation)
     if namespace in policy.excluded_namespaces:
@@ -116,12 +135,24 @@ def select_pod(
         return decide(False, "label_disabled")
     if pod_label == names.LABEL_ENABLED:
         selected = decide(True, "pod_label")
-    elif namespace_labels is None or namespace_labels.get(names.LABEL_INJECT) == (
-        names.LABEL_ENABLED
+    elif (
+        namespace_labels is None
+        or namespace_labels.get(names.LABEL_INJECT) == names.LABEL_ENABLED
+        or names.LABEL_REV in namespace_labels
     ):
-        selected = decide(True, "namespace_label", namespace=namespace)
+        if namespace_labels is not None and namespace_revision(namespace_labels) != (
+            names.DEFAULT_REVISION
+        ):
+            selected = decide(True, "namespace_revision", namespace=namespace, revision=revision)
+        else:
+            selected = decide(True, "namespace_label", namespace=namespace)
     else:
         return decide(False, "not_selected", namespace=namespace)
+    wanted = namespace_revision(namespace_labels)
+    if namespace_labels is not None and wanted != revision:
+        return decide(
+            False, "other_revision", namespace=namespace, wanted=wanted, revision=revision
+        )
     if "kubernetes.io/config.mirror" in (metadata.get("annotations") or {}):
         return decide(False, "mirror_pod")
     if has_host_network(pod):

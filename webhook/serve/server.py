@@ -28,6 +28,7 @@ import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from ..engine import names
 from ..engine.errors import CacheInjectorError, InvalidCertificate, InvalidPolicy, MalformedReview
 from ..engine.inject import Outcome, inject_pod
 from ..engine.policy import Policy, default_policy, load_policy_text
@@ -72,6 +73,7 @@ class Settings:
     watch_interval: float = 1.0
     max_body_bytes: int = MAX_BODY_BYTES
     body_timeout: float = BODY_TIMEOUT_SECONDS
+    revision: str = names.DEFAULT_REVISION  # recorded in each injected pod's status
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,7 @@ class Runtime:
                 "expired": pair.not_after <= datetime.datetime.now(datetime.UTC),
             },
             "policy": {"source": policy.source, "digest": policy.digest},
+            "revision": self.settings.revision,
         }
 
     # --- one review ----------------------------------------------------------------------
@@ -288,6 +291,7 @@ class Runtime:
                 policy=engine.policy,
                 templates=engine.templates,
                 namespace_labels=None,
+                revision=self.settings.revision,
             )
         except CacheInjectorError as err:
             return Outcome(allowed=False, decision=decide(False, "invalid"), error=err)

@@ -24,6 +24,41 @@ acl purgers {
     "::1";
 }
 
+
+sub cache_injector_invalidation_allowed {
+    if (client.ip ~ purgers) {
+        return;
+    }
+    if (std.getenv("CACHE_INJECTOR_PURGE_TOKEN") !~ "^[!-~]{16,}$") {
+        return (synth(403, "Invalidation from outside the pod is not configured"));
+    }
+    if (!req.http.X-Cache-Token) {
+        return (synth(401, "X-Cache-Token required"));
+    }
+    if (req.http.X-Cache-Token != std.getenv("CACHE_INJECTOR_PURGE_TOKEN")) {
+        return (synth(403, "Wrong X-Cache-Token"));
+    }
+}
+
+
+sub cache_injector_ban {
+    if (!req.http.X-Cache-Ban-Url || req.http.X-Cache-Ban-Url ~ {"["\s]"}) {
+        return (synth(400, "X-Cache-Ban-Url: a URL regex without quotes or spaces"));
+    }
+    if (req.http.X-Cache-Ban-Host ~ {"["\s]"}) {
+        return (synth(400, "X-Cache-Ban-Host: a Host without quotes or spaces"));
+    }
+    set req.http.X-Cache-Ban-Expr = "obj.http.X-Cache-Url ~ " + req.http.X-Cache-Ban-Url;
+    if (req.http.X-Cache-Ban-Host) {
+        set req.http.X-Cache-Ban-Expr = req.http.X-Cache-Ban-Expr
+            + " && obj.http.X-Cache-Host == " + req.http.X-Cache-Ban-Host;
+    }
+    if (std.ban(req.http.X-Cache-Ban-Expr)) {
+        return (synth(200, "Banned"));
+    }
+    return (synth(400, "Invalid ban: " + std.ban_error()));
+}
+
 sub vcl_recv {
     if (req.restarts == 0) {
         unset req.http.X-Cache-Stale-If-Error;
@@ -32,11 +67,23 @@ sub vcl_recv {
     if (req.url == "/.cache/ready") {
         return (synth(200, "Ready"));
     }
-    if (req.method == "PURGE") {
-        if (client.ip !~ purgers) {
-            return (synth(403, "PURGE is allowed from localhost only"));
+    if (req.method == "PURGE" || req.method == "BAN" || req.url ~ "^/\.cache/(purge|ban)") {
+        call cache_injector_invalidation_allowed;
+        if (req.method == "BAN" || (req.method == "POST" && req.url ~ "^/.cache/ban(\?|$)")) {
+            call cache_injector_ban;
         }
-        return (purge);
+        if (req.method == "POST" && req.url ~ "^/.cache/purge(\?|$)") {
+            if (req.http.X-Cache-Purge-Url !~ "^/" || !req.http.X-Cache-Purge-Host) {
+                return (synth(400, "X-Cache-Purge-Url (a path) and X-Cache-Purge-Host required"));
+            }
+            set req.url = req.http.X-Cache-Purge-Url;
+            set req.http.Host = req.http.X-Cache-Purge-Host;
+            return (purge);
+        }
+        if (req.method == "PURGE") {
+            return (purge);
+        }
+        return (synth(405, "Use PURGE, BAN, POST /.cache/purge or POST /.cache/ban"));
     }
     if (req.http.Upgrade && req.http.Upgrade !~ "(?i)^h2c$") {
         return (pipe);
@@ -82,6 +129,8 @@ sub vcl_backend_response {
         set beresp.ttl = 120s;
     }
     set beresp.grace = 21600s;
+    set beresp.http.X-Cache-Url = bereq.url;
+    set beresp.http.X-Cache-Host = bereq.http.Host;
     if (!bereq.uncacheable && beresp.status != 304 && beresp.status != 204) {
         if (beresp.http.Content-Type ~ "(?i)^text/event-stream"
             || !beresp.http.Content-Length
@@ -104,6 +153,8 @@ sub vcl_deliver {
         set req.http.X-Cache-Stale-If-Error = "retry";
         return (restart);
     }
+    unset resp.http.X-Cache-Url;
+    unset resp.http.X-Cache-Host;
     if (obj.hits > 0) {
         set resp.http.X-Cache = "HIT";
     } else {
