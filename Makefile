@@ -9,7 +9,7 @@ SHARED ?= ../shared
 export SHARED
 APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl
 
-.PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize clean
+.PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize bench-slots clean
 
 setup: $(VENV)/.installed
 
@@ -87,6 +87,11 @@ bench-datapath: setup daemons wrk
 
 bench-objectsize: setup daemons
 	$(BIN)/python -m bench.objectsize
+
+# Prints numbers, asserts nothing: cache-haproxy's memory per max-backends slot and DNS answer
+# sizes per Service size, on both generations; root needed.
+bench-slots: setup daemons
+	$(BIN)/python -m bench.slots
 
 # The load generator of both benchmarks (Debian's wrk, built with TLS).
 wrk:

@@ -102,11 +102,13 @@ def test_kind_list_items_are_injected() -> None:
 def test_explain_gives_one_line_with_reason_and_sources() -> None:
     result = cli("explain", "-f", "-", *SELECT, stdin=deployment())
     assert result.exit_code == 0
-    (line,) = result.stdout.splitlines()
+    line, images = result.stdout.splitlines()
+    assert images == "    images: cache-haproxy=haproxy:3.4 (pull (Kubernetes default)), " \
+        "cache-varnish=varnish:8.0 (pull (Kubernetes default))"  # fmt: skip
     assert "(Deployment/web, namespace default): injected [namespace_label]" in line
     assert "backend=app:8080 (annotation)" in line
     assert "cache-size=128Mi (policy-default)" in line
-    assert "max-backends=32 (built-in)" in line
+    assert "max-backends=128 (built-in)" in line
 
 
 def test_explain_spots_a_label_on_the_workload_instead_of_the_template() -> None:

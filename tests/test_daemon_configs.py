@@ -59,6 +59,12 @@ MATRIX: list[tuple[str, dict[str, str], dict[str, object]]] = [
         {P + "ignore-cookies": "_ga,_ga_*,_gid,a.b,x-y*", P + "sticky-sessions": "true"},
         {},
     ),
+    ("ip-family-ipv4", {P + "ip-family": "ipv4"}, {}),
+    (
+        "ip-family-ipv6",
+        {P + "ip-family": "ipv6", P + "discovery": "dns-srv", P + "backend": "app:http"},
+        {},
+    ),
     (
         "everything",
         {

@@ -44,8 +44,12 @@ def test_haproxy_never_names_a_bare_service(
     assert outcome.configs is not None
     cfg = outcome.configs.haproxy_cfg
     directives = [line.split("#")[0].strip() for line in cfg.splitlines()]
-    (server,) = [d for d in directives if d.startswith(("server ", "server-template "))]
-    assert server.split()[3] == fqdn
+    # backend_pods and pods_seen (which counts the Service's pods) both resolve the FQDN;
+    # the only plain server is HAProxy's own max-backends check, on localhost.
+    templates_ = [d for d in directives if d.startswith("server-template ")]
+    assert [t.split()[3] for t in templates_] == [fqdn, fqdn], templates_
+    servers = [d for d in directives if d.startswith("server ")]
+    assert [s.split()[2].split(":")[0] for s in servers] == ["127.0.0.1"], servers
     for directive in directives:
         assert not re.search(r"(^|\s)app(:\d+)?(\s|$)", directive), directive
     assert "daemon" not in directives

@@ -124,7 +124,8 @@ def test_fqdn_uses_the_request_namespace_when_the_pod_has_none(
     pod = make_pod(namespace=None)
     outcome = run(pod, policy, templates, namespace="team-a")
     assert outcome.configs is not None
-    assert "server-template pod 32 app.team-a.svc.cluster.local:8080" in outcome.configs.haproxy_cfg
+    cfg = outcome.configs.haproxy_cfg
+    assert "server-template pod 128 app.team-a.svc.cluster.local:8080" in cfg
 
 
 def test_dns_srv_discovery_queries_the_named_port(policy: Policy, templates: Templates) -> None:
@@ -132,7 +133,7 @@ def test_dns_srv_discovery_queries_the_named_port(policy: Policy, templates: Tem
     policy = policy_from({"namespaces": {"shop": {"allowedBackendNamespaces": ["catalog"]}}})
     outcome = run(pod, policy, templates)
     assert outcome.configs is not None
-    assert "server-template pod 32 _http._tcp.app.catalog.svc.cluster.local\n" in (
+    assert "server-template pod 128 _http._tcp.app.catalog.svc.cluster.local\n" in (
         outcome.configs.haproxy_cfg
     )
 
@@ -161,7 +162,10 @@ def test_health_path_becomes_an_http_check(policy: Policy, templates: Templates)
     cfg = outcome.configs.haproxy_cfg
     assert "http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host app.shop" in cfg
     plain = run(make_pod(), policy, templates)
-    assert plain.configs is not None and "httpchk" not in plain.configs.haproxy_cfg
+    assert plain.configs is not None
+    cfg = plain.configs.haproxy_cfg
+    backend_pods = cfg.split("backend backend_pods", 1)[1].split("\nbackend ")[0]
+    assert "httpchk" not in backend_pods, "no health-path: TCP checks"
 
 
 def test_user_declared_container_is_completed_not_duplicated(

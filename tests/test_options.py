@@ -53,6 +53,8 @@ INVALID = [
     pytest.param("backend", "web:http", "with discovery dns-a", id="backend-name-needs-srv"),
     pytest.param("discovery", "dns", "dns-a or dns-srv", id="discovery-unknown"),
     pytest.param("discovery", "DNS-A", "dns-a or dns-srv", id="discovery-case"),
+    pytest.param("ip-family", "dual", "auto, ipv4 or ipv6", id="ip-family-unknown"),
+    pytest.param("ip-family", "IPv6", "auto, ipv4 or ipv6", id="ip-family-case"),
     pytest.param("max-backends", "0", "from 1 to 128", id="max-backends-0"),
     pytest.param("max-backends", "-1", "from 1 to 128", id="max-backends-negative"),
     pytest.param("max-backends", "ten", "from 1 to 128", id="max-backends-word"),
@@ -76,8 +78,9 @@ INVALID = [
     pytest.param("grace", "1.5h", "unit s, m, h or d", id="grace-fraction"),
     pytest.param("listen-port", "80", "from 1025 to 65535", id="listen-port-80"),
     pytest.param("listen-port", "70000", "from 1025 to 65535", id="listen-port-too-big"),
-    pytest.param("listen-port", "6090", "not 6090 or 6091", id="listen-port-haproxy-local"),
-    pytest.param("listen-port", "6091", "not 6090 or 6091", id="listen-port-haproxy-metrics"),
+    pytest.param("listen-port", "6090", "not 6090, 6091 or 6092", id="listen-port-haproxy-local"),
+    pytest.param("listen-port", "6091", "not 6090, 6091 or 6092", id="listen-port-haproxy-metrics"),
+    pytest.param("listen-port", "6092", "not 6090, 6091 or 6092", id="listen-port-haproxy-stats"),
     pytest.param("sticky-sessions", "yes", "true or false", id="sticky-yes"),
     pytest.param("sticky-sessions", "True", "true or false", id="sticky-capital"),
     pytest.param("drain-seconds", "301", "from 0 to 300", id="drain-too-long"),
@@ -127,6 +130,7 @@ def test_every_invalid_annotation_is_reported_at_once(policy: Policy) -> None:
     ("suffix", "value", "field", "expected"),
     [
         pytest.param("max-backends", "1", "max_backends", 1, id="max-backends-low-edge"),
+        pytest.param("ip-family", "ipv6", "ip_family", "ipv6", id="ip-family-ipv6"),
         pytest.param("max-backends", "128", "max_backends", 128, id="max-backends-limit-edge"),
         pytest.param("cache-size", "16Mi", "cache_size", 16 * MIB, id="cache-size-low-edge"),
         pytest.param("cache-size", "4Gi", "cache_size", 4096 * MIB, id="cache-size-limit-edge"),
@@ -278,6 +282,18 @@ def test_non_string_annotation_value_is_invalid_not_a_crash(policy: Policy) -> N
             {P + "backend": "a:1", P + "max-backends": 5},  # type: ignore[dict-item]
             namespace="s",
             policy=policy,
+        )
+
+
+def test_built_in_max_backends_never_exceeds_a_lower_policy_limit() -> None:
+    """The built-in default (128) under a policy capping max-backends at 64 is 64, not a
+    denial of every pod; an annotation above the limit is still refused."""
+    policy = policy_from({"limits": {"maxBackends": 64}})
+    options = resolve_options({P + "backend": "app:8080"}, namespace="shop", policy=policy)
+    assert (options.max_backends, options.sources["max_backends"]) == (64, "built-in")
+    with pytest.raises(InvalidOptions, match="from 1 to 64"):
+        resolve_options(
+            {P + "backend": "app:8080", P + "max-backends": "65"}, namespace="shop", policy=policy
         )
 
 

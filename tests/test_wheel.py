@@ -78,5 +78,5 @@ def test_wheel_installs_and_injects_in_a_fresh_venv(wheel: Path, tmp_path: Path)
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "server-template pod 32 app.shop.svc.cluster.local:8080" in result.stdout
+    assert "server-template pod 128 app.shop.svc.cluster.local:8080" in result.stdout
     assert "vcl 4.1;" in result.stdout

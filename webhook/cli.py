@@ -234,6 +234,32 @@ def uninject(path: str, quiet: bool) -> None:
     sys.stdout.write("".join(dump_document(document) for document in documents))
 
 
+def injected_images(outcome: Outcome) -> dict[str, Any]:
+    """The sidecar images a pod would get (with imagePullPolicy) and its imagePullSecrets after
+    injection, read from the patch itself: what the kubelet would pull."""
+    containers: list[Mapping[str, Any]] = []
+    secrets: list[str] = []
+    for op in outcome.patch:
+        value, where = op.get("value"), str(op.get("path", ""))
+        items = value if isinstance(value, list) else [value]
+        if where.startswith(("/spec/initContainers", "/spec/containers")):
+            containers += [item for item in items if isinstance(item, dict)]
+        elif where.startswith("/spec/imagePullSecrets"):
+            secrets += [str(item["name"]) for item in items if isinstance(item, dict)]
+    return {
+        "containers": [
+            {
+                "name": container["name"],
+                "image": container.get("image"),
+                "imagePullPolicy": container.get("imagePullPolicy", "(Kubernetes default)"),
+            }
+            for container in containers
+            if container.get("name") in names.CONTAINERS
+        ],
+        "addedImagePullSecrets": secrets,
+    }
+
+
 def explain_record(path: str, result: Result) -> dict[str, Any]:
     outcome = result.outcome
     record: dict[str, Any] = {
@@ -253,6 +279,8 @@ def explain_record(path: str, result: Result) -> dict[str, Any]:
         "errors": error_lines(outcome.error) if outcome.error else [],
         "options": {},
     }
+    if outcome.injected:
+        record["images"] = injected_images(outcome)
     if outcome.options is not None:
         for spec in names.OPTIONS:
             record["options"][spec.suffix] = {
@@ -298,6 +326,16 @@ def explain_line(record: Mapping[str, Any]) -> str:
     return head
 
 
+def images_line(images: Mapping[str, Any]) -> str:
+    line = "images: " + ", ".join(
+        f"{item['name']}={item['image']} (pull {item['imagePullPolicy']})"
+        for item in images["containers"]
+    )
+    if images["addedImagePullSecrets"]:
+        line += "; imagePullSecrets added: " + ", ".join(images["addedImagePullSecrets"])
+    return line
+
+
 @main.command()
 @shared_options
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
@@ -339,6 +377,8 @@ def explain(
     else:
         for record in records:
             click.echo(explain_line(record))
+            if "images" in record:
+                click.echo(f"    {images_line(record['images'])}")
             for warning in record["warnings"]:
                 click.echo(f"    warning: {warning}")
         if not records:
@@ -380,7 +420,9 @@ def policy_summary(checked: Policy) -> str:
         [
             f"  clusterDomain: {model.cluster_domain}",
             f"  sidecars: {sidecars}",
-            f"  images: {model.images.haproxy}, {model.images.varnish} ({pinned})",
+            f"  images: {model.images.haproxy}, {model.images.varnish} ({pinned}; "
+            f"imagePullPolicy {model.images.pull_policy or 'Kubernetes default'}; "
+            f"imagePullSecrets added: {', '.join(model.images.pull_secrets) or 'none'})",
             f"  defaults: {defaults}",
             f"  limits: cache-size <= {limits.max_cache_size}, "
             f"max-backends <= {limits.max_backends}",
@@ -415,6 +457,36 @@ def policy_summary(checked: Policy) -> str:
     help="Seconds in-flight reviews get to finish after SIGTERM.",
 )
 @click.option(
+    "--drain-seconds",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0, 300),
+    help="After SIGTERM: seconds to keep serving, not ready, closing each connection after "
+    "its next answer, before the graceful shutdown (0: none; SIGINT never drains).",
+)
+@click.option(
+    "--header-timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 60),
+    help="Seconds a client gets, from connecting or a request's first byte, to send all its "
+    "request headers; then the connection is closed.",
+)
+@click.option(
+    "--handshake-timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 60),
+    help="Seconds a client gets to complete its TLS handshake.",
+)
+@click.option(
+    "--max-connections",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(16, 1_000_000),
+    help="Connections per worker; beyond it the longest-waiting idle one is closed.",
+)
+@click.option(
     "--body-timeout",
     default=10.0,
     show_default=True,
@@ -444,6 +516,10 @@ def serve(
     workers: int,
     watch_interval: float,
     shutdown_timeout: int,
+    drain_seconds: float,
+    header_timeout: float,
+    handshake_timeout: float,
+    max_connections: int,
     body_timeout: float,
     log_level: str,
     revision: str,
@@ -452,6 +528,7 @@ def serve(
     /readyz, /metrics. Certificate and policy files are re-read when they change."""
     # Imported here: uvicorn, FastAPI and prometheus would add ~0.25 s to every `inject`.
     from .serve import runner  # noqa: PLC0415
+    from .serve.guard import Guard  # noqa: PLC0415
     from .serve.server import Settings  # noqa: PLC0415
 
     settings = Settings(
@@ -476,6 +553,12 @@ def serve(
             workers=workers,
             shutdown_timeout=shutdown_timeout,
             log_level=log_level.upper(),
+            limits=Guard(
+                handshake_timeout=handshake_timeout,
+                header_timeout=header_timeout,
+                max_connections=max_connections,
+                drain_seconds=drain_seconds,
+            ),
         )
     )
 

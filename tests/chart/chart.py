@@ -11,6 +11,7 @@ import base64
 import copy
 import datetime
 import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from helm_python import _native
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "cache-injector"
@@ -210,10 +212,20 @@ def render(
     *,
     name: str = RELEASE,
     namespace: str = NAMESPACE,
+    kube_version: str | None = None,
 ) -> Rendered:
-    """Render like `helm template` (no cluster: lookup finds nothing)."""
-    files = chart().render(copy.deepcopy(dict(values or {})), name=name, namespace=namespace)
-    return parse_manifests(files)
+    """Render like `helm template` (no cluster: lookup finds nothing), for a cluster of
+    `kube_version` when given (`--kube-version`; else Helm's default)."""
+    if kube_version is None:
+        files = chart().render(copy.deepcopy(dict(values or {})), name=name, namespace=namespace)
+        return parse_manifests(files)
+    # helm-python's Chart.render has no kube_version argument; the library it wraps takes
+    # the option (helm-c-sdk's render options: name, namespace, kube_version, ...).
+    options = {"name": name, "namespace": namespace, "kube_version": kube_version}
+    rendered = _native.call_string(
+        "helm_render", chart()._raw(), json.dumps(dict(values or {})), json.dumps(options)
+    )
+    return parse_manifests(json.loads(rendered))
 
 
 # --- custom resources ---------------------------------------------------------------------

@@ -27,6 +27,8 @@ KUBERNETES_TYPES = {
     "server.env.items",
     "tolerations.items",
     "topologySpreadConstraints.items",
+    "networkPolicy.from.items",
+    "networkPolicy.metricsFrom.items",
 }
 # Maps of user-chosen keys to strings.
 STRING_MAPS = {

@@ -16,7 +16,8 @@ path prefix decides its caching headers:
 - `/ws`          a WebSocket (101, then every text frame echoed as `<pod> <text>`)
 anything else is a 404. After set_failing(seconds) every other path answers 503 (no-store)
 after that delay: a broken application whose pods still accept connections.
-Requests are counted per path, with the cookies they carried.
+Requests are counted per path, with the cookies they carried, and (health checks aside) by
+the address family they arrived on.
 """
 
 from __future__ import annotations
@@ -120,11 +121,13 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, pod: BackendPod) -> None:
+    def __init__(self, pod: BackendPod, address: str) -> None:
         self.pod = pod
         self.connections: dict[socket.socket, bool] = {}  # socket -> busy
         self.connections_lock = threading.Lock()
-        super().__init__((pod.ip, pod.port), _Handler)
+        if ":" in address:
+            self.address_family = socket.AF_INET6
+        super().__init__((address, pod.port), _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
@@ -158,7 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._busy(True)
         try:
             path = self.path.split("?", 1)[0]
-            pod.count(path, self.headers.get("Cookie"))
+            family = "ipv6" if self.server.address_family == socket.AF_INET6 else "ipv4"
+            pod.count(path, self.headers.get("Cookie"), family)
             if path.startswith("/big/"):
                 return self._big(path)
             if path.startswith("/events/"):
@@ -284,23 +288,29 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class BackendPod:
-    """One backend pod: an HTTP server on ip:port inside the namespace."""
+    """One backend pod: an HTTP server on ip:port inside the namespace (and on ip6:port too,
+    for a dual-stack pod)."""
 
-    def __init__(self, netns: Netns, name: str, ip: str, port: int = 8080) -> None:
-        self.netns, self.name, self.ip, self.port = netns, name, ip, port
+    def __init__(
+        self, netns: Netns, name: str, ip: str, port: int = 8080, *, ip6: str | None = None
+    ) -> None:
+        self.netns, self.name, self.ip, self.port, self.ip6 = netns, name, ip, port, ip6
         self.healthy = True
         self.failing: float | None = None  # seconds before a 503, once set_failing()
         self.stopping = False
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
+        self.families: Counter[str] = Counter()  # requests by the address they came to
         self.cookies: list[str] = []
         self.last_request_at = 0.0
         self.upgrades = 0  # WebSocket handshakes answered 101
-        self._server: _Server | None = None
+        self._servers: list[_Server] = []
 
-    def count(self, path: str, cookie: str | None) -> None:
+    def count(self, path: str, cookie: str | None, family: str = "ipv4") -> None:
         with self._lock:
             self.requests[path] += 1
+            if path != "/healthz":
+                self.families[family] += 1
             self.last_request_at = time.monotonic()
             if cookie:
                 self.cookies.append(cookie)
@@ -317,29 +327,36 @@ class BackendPod:
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        return bool(self._servers)
 
     def start(self) -> None:
         self.stopping = False
-        server = self.netns.call(lambda: _Server(self))
-        threading.Thread(
-            target=server.serve_forever, name=f"backend-{self.name}", daemon=True
-        ).start()
-        self._server = server
+        for address in [self.ip] + ([self.ip6] if self.ip6 else []):
+            server = self.netns.call(lambda address=address: _Server(self, address))  # type: ignore[misc]
+            threading.Thread(
+                target=server.serve_forever, name=f"backend-{self.name}", daemon=True
+            ).start()
+            self._servers.append(server)
 
     def stop(self, *, graceful: bool = True) -> None:
         """Stop like a pod: no new connections; graceful finishes requests in progress first."""
-        server, self._server = self._server, None
-        if server is None:
+        servers, self._servers = self._servers, []
+        if not servers:
             return
         self.stopping = True
-        server.shutdown()
-        server.server_close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
         deadline = time.monotonic() + (5 if graceful else 0)
         while True:
-            with server.connections_lock:
-                idle = [s for s, busy in server.connections.items() if not busy or not graceful]
-                busy_left = len(server.connections) - len(idle)
+            idle, busy_left = [], 0
+            for server in servers:
+                with server.connections_lock:
+                    for sock, busy in server.connections.items():
+                        if busy and graceful:
+                            busy_left += 1
+                        else:
+                            idle.append(sock)
             for sock in idle:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)

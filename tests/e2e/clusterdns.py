@@ -2,15 +2,18 @@
 
 Owns: the Services and their ready pods (data the test changes while it runs, under a lock),
 the answers, and the outage modes. Answers, with a short TTL:
-- `SERVICE.NS.svc.cluster.local` A: one record per ready pod (headless Service), or the
-  Service's virtual IP; a headless Service with no ready pod is NXDOMAIN (what CoreDNS and
-  kube-dns answer, and the Kubernetes DNS spec since kubernetes/dns#245).
-- `_PORTNAME._tcp.SERVICE.NS.svc.cluster.local` SRV: one per ready pod, target
-  `10-0-0-1.SERVICE.NS.svc.cluster.local` with its A record in the additional section.
-- `10-0-0-1.SERVICE.NS.svc.cluster.local` A for a ready pod.
-- AAAA of an existing name: no data (IPv4-only cluster); anything else, including a bare
-  short name such as `app.` (HAProxy's resolver sends those as they are): NXDOMAIN, with the
-  zone's SOA as the authority.
+- `SERVICE.NS.svc.cluster.local` A / AAAA: one record per ready pod's IPv4 / IPv6 address
+  (headless Service), or the Service's virtual IP; a headless Service with no ready pod is
+  NXDOMAIN (what CoreDNS and kube-dns answer, and the Kubernetes DNS spec since
+  kubernetes/dns#245). A name whose pods have no address of the asked family (A on an
+  IPv6-only cluster, AAAA on an IPv4-only one): NOERROR, no data.
+- `_PORTNAME._tcp.SERVICE.NS.svc.cluster.local` SRV: one per ready pod address (a
+  dual-stack pod has two: CoreDNS lists the endpoints of both EndpointSlices), target
+  `10-0-0-1.SERVICE...` / `fd00-1--1.SERVICE...` (the address, dashed, as CoreDNS names
+  an endpoint without hostname) with its A / AAAA record in the additional section.
+- `10-0-0-1.SERVICE.NS.svc.cluster.local` A (or AAAA) for a ready pod's address.
+- anything else, including a bare short name such as `app.` (HAProxy's resolver sends those
+  as they are): NXDOMAIN, with the zone's SOA as the authority.
 Outage modes: `timeout` (no answer at all), `refused`, `servfail`, and `down` (the port is
 closed: the kernel answers ICMP port unreachable, as kube-proxy's REJECT rule does for the
 DNS Service when no CoreDNS pod is ready).
@@ -24,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from dnslib import QTYPE, RCODE, RR, SOA, SRV, A, DNSLabel, DNSRecord
+from dnslib import AAAA, QTYPE, RCODE, RR, SOA, SRV, A, DNSLabel, DNSRecord
 from dnslib.server import DNSHandler, DNSLogger, DNSServer
 
 from tests.e2e.netns import Netns
@@ -34,14 +37,28 @@ MODES = ("serve", "timeout", "refused", "servfail", "down")
 
 @dataclass(frozen=True)
 class PodRecord:
-    """One pod behind a Service: its name (for the test) and its IP."""
+    """One pod behind a Service: its name (for the test) and its IP (IPv4 or IPv6); a
+    dual-stack pod has its IPv6 address as ip6 too."""
 
     name: str
     ip: str
+    ip6: str | None = None
 
     @property
-    def dashed(self) -> str:
-        return self.ip.replace(".", "-")
+    def addresses(self) -> list[str]:
+        return [self.ip] + ([self.ip6] if self.ip6 else [])
+
+
+def dashed(address: str) -> str:
+    """The label CoreDNS gives an endpoint without hostname: its address, dashed."""
+    return address.replace(".", "-").replace(":", "-")
+
+
+def address_record(name: str, address: str, ttl: int) -> RR:
+    """The A or AAAA record of one address."""
+    if ":" in address:
+        return RR(name, QTYPE.AAAA, ttl=ttl, rdata=AAAA(address))
+    return RR(name, QTYPE.A, ttl=ttl, rdata=A(address))
 
 
 @dataclass
@@ -89,8 +106,9 @@ class ClusterDNS:
     """Cluster DNS on one address inside a network namespace (UDP and TCP port 53)."""
 
     def __init__(
-        self, netns: Netns, address: str, *, domain: str = "cluster.local", ttl: int = 5
+        self, netns: Netns | None, address: str, *, domain: str = "cluster.local", ttl: int = 5
     ) -> None:
+        """netns None: answers only (answer()), never served (bench.slots sizes answers)."""
         self.netns = netns
         self.address = address
         self.domain = domain.strip(".")
@@ -155,6 +173,7 @@ class ClusterDNS:
                 for tcp in (False, True)
             ]
 
+        assert self.netns is not None, "a ClusterDNS without a namespace only answers"
         servers = self.netns.call(build)
         for server in servers:
             server.start_thread()
@@ -229,19 +248,18 @@ class ClusterDNS:
                 return None
             port = entry.ports[port_name]
             base = f"{service}.{namespace}.svc.{self.domain}."
-            weight = max(1, 100 // len(entry.pods))
+            addresses = [address for pod in entry.pods for address in pod.addresses]
+            weight = max(1, 100 // len(addresses))
             srv = [
                 RR(
                     f"_{port_name}._tcp.{base}",
                     QTYPE.SRV,
                     ttl=ttl,
-                    rdata=SRV(0, weight, port, DNSLabel(f"{pod.dashed}.{base}")),
+                    rdata=SRV(0, weight, port, DNSLabel(f"{dashed(address)}.{base}")),
                 )
-                for pod in entry.pods
+                for address in addresses
             ]
-            extra = [
-                RR(f"{pod.dashed}.{base}", QTYPE.A, ttl=ttl, rdata=A(pod.ip)) for pod in entry.pods
-            ]
+            extra = [address_record(f"{dashed(a)}.{base}", a, ttl) for a in addresses]
             return srv, extra
         if len(labels) == 4 and labels[3] == "svc":
             pod_label, service, namespace = labels[0], labels[1], labels[2]
@@ -250,8 +268,9 @@ class ClusterDNS:
                 return None
             base = f"{pod_label}.{service}.{namespace}.svc.{self.domain}."
             for pod in entry.pods:
-                if pod.dashed == pod_label:
-                    return [RR(base, QTYPE.A, ttl=ttl, rdata=A(pod.ip))], []
+                for address in pod.addresses:
+                    if dashed(address) == pod_label:
+                        return [address_record(base, address, ttl)], []
             return None
         if len(labels) == 3 and labels[2] == "svc":
             service, namespace = labels[0], labels[1]
@@ -260,8 +279,8 @@ class ClusterDNS:
                 return None
             base = f"{service}.{namespace}.svc.{self.domain}."
             if entry.cluster_ip:
-                return [RR(base, QTYPE.A, ttl=ttl, rdata=A(entry.cluster_ip))], []
+                return [address_record(base, entry.cluster_ip, ttl)], []
             if not entry.pods:
                 return None
-            return [RR(base, QTYPE.A, ttl=ttl, rdata=A(pod.ip)) for pod in entry.pods], []
+            return [address_record(base, a, ttl) for pod in entry.pods for a in pod.addresses], []
         return None

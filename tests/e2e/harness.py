@@ -1,8 +1,9 @@
 """One injected pod in its own little cluster: a network namespace with cluster DNS, backend
-pods of the Service `app` in namespace `shop`, and the pod's sidecars, all on 127.x addresses.
+pods of the Service `app` in namespace `shop`, and the pod's sidecars, on 127.x addresses,
+fd00::/8 ones (an IPv6-only cluster), or both (dual-stack).
 
-Owns: the addresses, putting the pieces together, and taking all of them down again (in
-close(), which runs even when starting failed half-way).
+Owns: the addresses of each address family, putting the pieces together, and taking all of
+them down again (in close(), which runs even when starting failed half-way).
 """
 
 from __future__ import annotations
@@ -39,6 +40,42 @@ DNS_IP = "127.0.3.10"  # the cluster DNS Service
 OTHER_CLIENT_IP = "127.0.4.1"  # another pod, calling this one
 LISTEN_PORT = 6081
 METRICS_PORT = 6091
+
+
+@dataclass(frozen=True)
+class Family:
+    """A cluster's address family: where the pod, its DNS, other pods and backends live.
+
+    ipv4: 127.x (the original runner). ipv6: an IPv6-only cluster, fd00::/8 addresses only
+    (lo keeps 127.0.0.1 and ::1, as in every pod). dual: dual-stack, IPv4 first (the
+    kubelet probes the IPv4 pod IP, the pod and every backend pod also have an IPv6
+    address; the Service has A and AAAA records). no-ipv6: IPv4 with IPv6 switched off in
+    the pod (sysctl disable_ipv6: no ::1 either).
+    """
+
+    name: str
+    pod_ip: str  # the pod IP the kubelet probes (status.podIP)
+    pod_ip6: str | None  # the second pod IP of a dual-stack pod
+    dns_ip: str
+    other_client_ip: str
+    v4: bool  # backend pods have an IPv4 address
+    v6: bool  # backend pods have an IPv6 address
+
+    def backend_addresses(self, index: int) -> tuple[str, str | None]:
+        """(ip, ip6) of backend pod number `index` (from 0)."""
+        v4 = f"127.0.1.{index + 1}" if index < 254 else f"127.1.{index // 254}.{index % 254 + 1}"
+        v6 = f"fd00:1::{index + 1:x}"
+        if self.v4:
+            return v4, (v6 if self.v6 else None)
+        return v6, None
+
+
+FAMILIES = {
+    "ipv4": Family("ipv4", POD_IP, None, DNS_IP, OTHER_CLIENT_IP, v4=True, v6=False),
+    "ipv6": Family("ipv6", "fd00:2::1", None, "fd00:3::a", "fd00:4::1", v4=False, v6=True),
+    "dual": Family("dual", POD_IP, "fd00:2::1", DNS_IP, OTHER_CLIENT_IP, v4=True, v6=True),
+    "no-ipv6": Family("no-ipv6", POD_IP, None, DNS_IP, OTHER_CLIENT_IP, v4=True, v6=False),
+}
 
 _counter = itertools.count(1)
 _counter_lock = threading.Lock()
@@ -130,6 +167,7 @@ class PodEnv:
         policy: str | None = None,
         before_start: Callable[[PodEnv], None] | None = None,
         label: str = "pod",
+        family: str = "ipv4",
         secrets: Mapping[str, Mapping[str, str]] | None = None,
         pod_name: str = "web-0",
         memory_limits: bool = False,
@@ -150,7 +188,8 @@ class PodEnv:
         self.pod_manifest = dict(pod) if pod is not None else None  # else make_pod()
         self.policy = policy  # policy YAML for `cache-injector inject --policy`
         self.before_start = before_start  # called just before the pod's containers start
-        self.label = label
+        self.family = FAMILIES[family]
+        self.label = label if family == "ipv4" else f"{label}-{family}"
         self.secrets = dict(secrets or {})  # Secrets of namespace shop: name -> key -> value
         self.pod_name = pod_name
         self.memory_limits = memory_limits  # run containers in memory cgroups of their limit
@@ -160,6 +199,7 @@ class PodEnv:
         self.dns: ClusterDNS | None = None
         self.pod: PodRunner | None = None
         self.client: Client | None = None
+        self.client6: Client | None = None  # to the IPv6 pod IP of a dual-stack pod
         self.manifest: dict[str, Any] = {}
 
     # -- set-up ------------------------------------------------------------------------------
@@ -182,7 +222,13 @@ class PodEnv:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.netns = Netns(self.name)
-        self.dns = ClusterDNS(self.netns, DNS_IP)
+        family = self.family
+        if family.name == "no-ipv6":
+            self.netns.disable_ipv6()
+        for address in (family.pod_ip, family.pod_ip6, family.dns_ip, family.other_client_ip):
+            if address:
+                self.netns.add_address(address)
+        self.dns = ClusterDNS(self.netns, family.dns_ip)
         self.dns.set_service(
             Service(NAMESPACE, SERVICE, {SERVICE_PORT_NAME: BACKEND_PORT}, pods=[])
         )
@@ -203,14 +249,16 @@ class PodEnv:
         self.pod = PodRunner(
             self.manifest,
             netns=self.netns,
-            pod_ip=POD_IP,
-            nameserver=DNS_IP,
+            pod_ip=family.pod_ip,
+            nameserver=family.dns_ip,
             daemons={"haproxy": self.gen.haproxy.path, "varnishd": self.gen.varnish.path},
             workdir=self.workdir,
             secrets=self.secrets,
             memory_limits=self.memory_limits,
         )
-        self.client = Client(self.netns, POD_IP, LISTEN_PORT)
+        self.client = Client(self.netns, family.pod_ip, LISTEN_PORT)
+        if family.pod_ip6:
+            self.client6 = Client(self.netns, family.pod_ip6, LISTEN_PORT)
         if self.before_start:
             self.before_start(self)
         self.pod.start()
@@ -247,12 +295,21 @@ class PodEnv:
         """A new pod of Service `app`, at the next free address, started and ready."""
         assert self.netns and self.dns
         index = next(self._next_backend)
-        backend = BackendPod(self.netns, f"app-{index}", f"127.0.1.{index + 1}", BACKEND_PORT)
+        ip, ip6 = self.family.backend_addresses(index)
+        for address in (ip, ip6):
+            if address:
+                self.netns.add_address(address)
+        backend = BackendPod(self.netns, f"app-{index}", ip, BACKEND_PORT, ip6=ip6)
         backend.start()
         self.backends[backend.name] = backend
         if in_dns:
-            self.dns.add_pod(NAMESPACE, SERVICE, PodRecord(backend.name, backend.ip))
+            self.dns.add_pod(NAMESPACE, SERVICE, self.record(backend))
         return backend
+
+    @staticmethod
+    def record(backend: BackendPod) -> PodRecord:
+        """The backend pod as the cluster DNS publishes it."""
+        return PodRecord(backend.name, backend.ip, backend.ip6)
 
     def remove_backend(self, name: str, *, stop: bool = True) -> None:
         """Scale down: the pod leaves DNS and (like a terminated pod) stops."""
@@ -260,6 +317,14 @@ class PodEnv:
         self.dns.remove_pod(NAMESPACE, SERVICE, name)
         if stop:
             self.backends[name].stop()
+
+    def families(self) -> dict[str, int]:
+        """Requests the backend pods got (health checks aside), by address family."""
+        total: dict[str, int] = {}
+        for backend in self.backends.values():
+            for family, count in backend.families.items():
+                total[family] = total.get(family, 0) + count
+        return dict(sorted(total.items()))
 
     def running_backends(self) -> list[BackendPod]:
         return [b for b in self.backends.values() if b.running]
@@ -269,6 +334,11 @@ class PodEnv:
     def http(self) -> Client:
         assert self.client
         return self.client
+
+    @property
+    def http6(self) -> Client:
+        assert self.client6
+        return self.client6
 
     @property
     def runner(self) -> PodRunner:
@@ -324,6 +394,7 @@ class Observed:
     """What a background scenario saw, for its test to judge after the pod is gone."""
 
     label: str  # the daemon generation
+    family: str  # the address family
     replies: list[Any]  # client.Reply, in the order sent
     marks: dict[str, float]  # named moments (time.monotonic())
     backend_requests: dict[str, int]
@@ -337,6 +408,7 @@ class Observed:
 def observe(env: PodEnv, replies: list[Any], marks: dict[str, float], **extra: Any) -> Observed:
     return Observed(
         label=env.gen.label,
+        family=env.family.name,
         replies=replies,
         marks=marks,
         backend_requests={name: b.total() for name, b in env.backends.items()},
@@ -344,7 +416,7 @@ def observe(env: PodEnv, replies: list[Any], marks: dict[str, float], **extra: A
         unready=env.runner.unready_periods(),
         diagnostics=env.diagnostics(),
         haproxy_log=env.haproxy_log(),
-        extra=extra,
+        extra={"families": env.families(), **extra},
     )
 
 

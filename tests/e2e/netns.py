@@ -1,10 +1,12 @@
 """A network namespace made by `ip netns`, and threads that work inside it.
 
-Owns: creating and deleting the namespace (loopback only: every address the e2e uses is a
-127.x on its `lo`), and running Python code inside it. A thread joins the namespace with
-setns(2) (ctypes: Python 3.11 has no os.setns); only threads made here ever do, so pytest's
-own threads stay in the host namespace. A socket keeps the namespace it was created in,
-so a server built in a namespaced thread may be served from any thread.
+Owns: creating and deleting the namespace, its addresses, and running Python code inside it.
+IPv4 addresses are 127.x on its `lo`; IPv6 ones (fd00::/8, unique local) go on `eth0`, one
+end of a veth pair inside the namespace, so `lo` keeps exactly what a pod's has (127.0.0.1/8
+and ::1) and an address is still local to every process in the namespace. A thread joins
+the namespace with setns(2) (ctypes: Python 3.11 has no os.setns); only threads made here
+ever do, so pytest's own threads stay in the host namespace. A socket keeps the namespace it
+was created in, so a server built in a namespaced thread may be served from any thread.
 """
 
 from __future__ import annotations
@@ -44,6 +46,29 @@ class Netns:
             run(["ip", "netns", "delete", name])
             raise
         self._executors: list[ThreadPoolExecutor] = []
+        self._eth0 = False
+
+    def add_address(self, address: str) -> None:
+        """Put an IPv6 address on eth0 (no duplicate-address detection: usable at once); an
+        IPv4 127.x address is already local (127.0.0.0/8 on lo)."""
+        if ":" not in address:
+            return
+        if not self._eth0:
+            run(["ip", "-n", self.name, "link", "add", "eth0", "type", "veth", "peer", "eth1"])
+            for link in ("eth0", "eth1"):
+                run(["ip", "-n", self.name, "link", "set", link, "up"])
+            self._eth0 = True
+        run(["ip", "-n", self.name, "addr", "add", f"{address}/128", "dev", "eth0", "nodad"])
+
+    def disable_ipv6(self) -> None:
+        """A pod without IPv6 (the sysctl an IPv4-only CNI or node sets): not even ::1."""
+        for scope in ("all", "default", "lo"):
+            run([*self.exec_prefix(), "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1"])
+
+    def addresses(self, link: str) -> list[str]:
+        """The addresses on one link, as `ip -br addr` prints them (address/prefix)."""
+        out = run(["ip", "-n", self.name, "-br", "addr", "show", "dev", link])
+        return out.split()[2:]
 
     @property
     def path(self) -> str:

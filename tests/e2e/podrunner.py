@@ -1027,6 +1027,14 @@ class PodRunner:
             )
         return None
 
+    def exec(self, container: str, command: list[str], *, timeout: float = 20) -> str:
+        """Run a command in a running container (as `kubectl exec`): its stdout."""
+        argv = self._exec_argv(self.states[container], tuple(command))
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"exec {command} in {container}: {done.stderr.strip()}")
+        return done.stdout
+
     def log(self, container: str) -> str:
         log = self.states[container].log
         return log.read_text(errors="replace") if log and log.exists() else ""

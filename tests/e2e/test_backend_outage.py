@@ -32,8 +32,8 @@ def outage_path(index: int) -> str:
     return f"{kind}{index}" if kind == "/nocache/" else f"{kind}-{index // len(KINDS) % 4}"
 
 
-def backend_outage(gen_name: str) -> Observed:
-    with PodEnv(generation(gen_name), backends=3, label="backend-outage") as env:
+def backend_outage(gen_name: str, family: str = "ipv4") -> Observed:
+    with PodEnv(generation(gen_name), backends=3, label="backend-outage", family=family) as env:
         assert env.dns
         objects = [f"{kind}-{n}" for kind in KINDS[:3] for n in range(4)]
         for path in objects:
@@ -68,10 +68,15 @@ def backend_outage(gen_name: str) -> Observed:
 
 
 @pytest.mark.parametrize(
-    "gen_name", [pytest.param(g, marks=background(backend_outage, g)) for g in ("newest", "oldest")]
+    ("gen_name", "family"),
+    [
+        pytest.param(g, f, marks=background(backend_outage, g, f), id=f"{g}-{f}")
+        for f in ("ipv4", "ipv6", "dual")
+        for g in ("newest", "oldest")
+    ],
 )
 def test_backend_outage_serves_cache_fails_fast_and_recovers(
-    gen_name: str, scenarios: Scenarios, request: pytest.FixtureRequest
+    gen_name: str, family: str, scenarios: Scenarios, request: pytest.FixtureRequest
 ) -> None:
     seen: Observed = scenarios.outcome(request.node)
     down, back = seen.marks["down"], seen.marks["back"]
@@ -79,7 +84,7 @@ def test_backend_outage_serves_cache_fails_fast_and_recovers(
     cached = [r for r in outage if not r.path.startswith("/nocache/")]
     uncached = [r for r in outage if r.path.startswith("/nocache/")]
     recovered = seen.extra["recovered"]
-    note = recorder("7 backend outage", seen.label)
+    note = recorder(f"7 backend outage {family}", seen.label)
     for kind in KINDS[:3]:
         of_kind = [r for r in cached if r.path.startswith(kind)]
         note(f"errors {kind}", f"{len(errors(of_kind))}/{len(of_kind)}")

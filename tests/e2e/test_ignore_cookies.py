@@ -1,4 +1,4 @@
-"""Scenario 19: browser traffic - cookies named in `ignore-cookies` do not stop caching.
+"""Scenario 21: browser traffic - cookies named in `ignore-cookies` do not stop caching.
 
 A static asset requested with analytics cookies (`_ga`, `_gid`, `_ga_<id>`) is a HIT once
 they are named; a cookie not named still passes the request (and reaches the backend); the
@@ -30,7 +30,7 @@ def _caches(env: PodEnv, path: str, cookie: str, times: int = 2) -> list[str]:
 @pytest.mark.parametrize("gen_name", ["newest", "oldest"])
 def test_ignored_cookies_are_cached_others_pass_sticky_still_works(gen_name: str) -> None:
     gen = generation(gen_name)
-    note = recorder("19 ignore-cookies", gen.label)
+    note = recorder("21 ignore-cookies", gen.label)
     with PodEnv(gen, annotations={**IGNORE, **STICKY}, label="cookies") as env:
         analytics = _caches(env, "/static/app.js", ANALYTICS)
         note("analytics cookies only", ",".join(analytics))

@@ -1,4 +1,4 @@
-"""Scenario 17: responses larger than the cache arrive whole, and do not flush it.
+"""Scenario 19: responses larger than the cache arrive whole, and do not flush it.
 
 A small cache (16Mi, the policy minimum) keeps the large objects at a few tens of MB. A
 working set of 20 cacheable 256 KiB objects is stored first; then objects of 0.5x, 1.5x and
@@ -109,7 +109,7 @@ def test_large_responses_arrive_whole_and_keep_the_working_set(
     gen_name: str, scenarios: Scenarios, request: pytest.FixtureRequest
 ) -> None:
     seen: Seen = scenarios.outcome(request.node)
-    note = recorder("17 large responses", seen.label)
+    note = recorder("19 large responses", seen.label)
     bad = []
     for what, reply in seen.downloads:
         size = int(reply.path.split("/")[2])

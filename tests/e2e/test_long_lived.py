@@ -1,4 +1,4 @@
-"""Scenario 18: WebSockets and server-sent events through the cache, on both generations.
+"""Scenario 20: WebSockets and server-sent events through the cache, on both generations.
 
 - An upgrade request to the cache port reaches a backend pod as an upgrade: 101, frames echo
   both ways, before and after 75 s of silence (longer than every 60 s timeout on the way:
@@ -114,7 +114,7 @@ def test_websockets_and_event_streams_pass_through_the_cache(
     gen_name: str, scenarios: Scenarios, request: pytest.FixtureRequest
 ) -> None:
     seen: Seen = scenarios.outcome(request.node)
-    note = recorder("18 websocket and SSE", seen.label)
+    note = recorder("20 websocket and SSE", seen.label)
     delays = [event.received - event.sent for event in seen.events]
     note("echoes (before, after idle)", len(seen.echoes))
     note("idle survived s", round(seen.idle_seconds, 1))

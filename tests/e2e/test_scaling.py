@@ -26,8 +26,8 @@ def uncached(index: int) -> str:
     return f"/nocache/{index}"
 
 
-def scale_up() -> Observed:
-    with PodEnv(generation("newest"), backends=3, label="scale-up") as env:
+def scale_up(gen_name: str = "newest", family: str = "ipv4") -> Observed:
+    with PodEnv(generation(gen_name), backends=3, label="scale-up", family=family) as env:
         traffic = Traffic(env.http, uncached, rate=RATE).start()
         sleep(3)
         added = time.monotonic()
@@ -56,13 +56,20 @@ def scale_down() -> Observed:
         )  # fmt: skip
 
 
-@background(scale_up)
+# IPv4 on the newest generation; IPv6-only and dual-stack pods on both.
+SCALE_UP = [("newest", "ipv4")] + [(g, f) for f in ("ipv6", "dual") for g in ("newest", "oldest")]
+
+
+@pytest.mark.parametrize(
+    ("gen_name", "family"),
+    [pytest.param(g, f, marks=background(scale_up, g, f), id=f"{g}-{f}") for g, f in SCALE_UP],
+)
 def test_a_new_backend_pod_gets_traffic_within_20_seconds(
-    scenarios: Scenarios, request: pytest.FixtureRequest
+    gen_name: str, family: str, scenarios: Scenarios, request: pytest.FixtureRequest
 ) -> None:
     seen: Observed = scenarios.outcome(request.node)
     pickup = seen.extra["pickup"]
-    note = recorder("4 scale up", seen.label)
+    note = recorder(f"4 scale up {family}", seen.label)
     note("seconds to first request on new pod", pickup)
     note("errors", len(errors(seen.replies)))
     assert pickup is not None and pickup <= 20, f"picked up after {pickup} s\n{seen.diagnostics}"
@@ -70,6 +77,7 @@ def test_a_new_backend_pod_gets_traffic_within_20_seconds(
     after = between(seen.replies, seen.marks["added"] + pickup + 2)
     assert seen.extra["new"] in pods(after), "the new pod stays in the rotation"
     assert not seen.exited and not seen.unready, seen.diagnostics
+    assert set(seen.extra["families"]) == {"ipv6" if family == "ipv6" else "ipv4"}
 
 
 @background(scale_down)

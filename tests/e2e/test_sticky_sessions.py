@@ -9,6 +9,8 @@ clients with or without the cookie.
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 
 from tests.e2e.client import errors, pods
@@ -19,6 +21,9 @@ pytestmark = pytest.mark.e2e
 
 STICKY = {"cache-injector.io/sticky-sessions": "true"}
 COOKIE = "CACHESRV"
+# As the chart runs the webhook: a random secret (out of the policy ConfigMap, the same for
+# every webhook replica), so the cookie key cannot be computed from the Service's name alone.
+SECRET_POLICY = f"stickySessionSecret: {secrets.token_urlsafe(36)}\n"
 
 
 def sticky_cookie(set_cookie: str) -> str:
@@ -31,7 +36,7 @@ def sticky_cookie(set_cookie: str) -> str:
 
 def test_a_client_returning_the_cookie_stays_on_one_pod() -> None:
     gen = generation("newest")
-    with PodEnv(gen, annotations=STICKY, label="sticky") as env:
+    with PodEnv(gen, annotations=STICKY, label="sticky", policy=SECRET_POLICY) as env:
         note = recorder("8 sticky sessions", gen.label)
         first = env.http.get("/nocache/login")
         assert first.ok, first.describe()
@@ -58,7 +63,9 @@ def test_a_client_returning_the_cookie_stays_on_one_pod() -> None:
         assert all(c == "session=abc" for c in env.backends[pod].cookies), env.backends[pod].cookies
 
         # Another replica of the cache pod (same Service, same addresses): same cookie, same pod.
-        with PodEnv(gen, annotations=STICKY, label="sticky-replica") as replica:
+        with PodEnv(
+            gen, annotations=STICKY, label="sticky-replica", policy=SECRET_POLICY
+        ) as replica:
             there = [
                 replica.http.get(f"/nocache/r/{i}", headers={"Cookie": cookie}) for i in range(6)
             ]

@@ -25,7 +25,6 @@ from tests.e2e.harness import (
     APP_IDLE,
     LISTEN_PORT,
     OTHER_CLIENT_IP,
-    POD_IP,
     Observed,
     PodEnv,
     app_container,
@@ -77,7 +76,7 @@ def stop_figures(termination: PodTermination) -> dict[str, Any]:
 
 
 # -- 11: deletion after load ------------------------------------------------------------------
-def delete_after_load(gen_name: str, remedy: bool) -> Observed:
+def delete_after_load(gen_name: str, remedy: bool, family: str = "ipv4") -> Observed:
     gen = generation(gen_name)
     # The negative variant has no drain: SIGTERM comes at once, the grace is all Varnish's.
     annotations = {} if remedy else {"cache-injector.io/drain-seconds": "0"}
@@ -87,11 +86,12 @@ def delete_after_load(gen_name: str, remedy: bool) -> Observed:
         annotations=annotations,
         edit_pod=None if remedy else without_remedy,
         label=label,
+        family=family,
     ) as env:
         assert env.netns
         load = concurrent_load(
             env.netns,
-            POD_IP,
+            env.family.pod_ip,
             LISTEN_PORT,
             clients=CLIENTS,
             seconds=LOAD_SECONDS,
@@ -105,17 +105,24 @@ def delete_after_load(gen_name: str, remedy: bool) -> Observed:
 
 
 @pytest.mark.parametrize(
-    "gen_name",
-    [pytest.param(g, marks=background(delete_after_load, g, True)) for g in ("newest", "oldest")],
-)
+    ("gen_name", "family"),
+    [
+        pytest.param(
+            g, f, marks=background(delete_after_load, g, True, f),
+            id=g if f == "ipv4" else f"{g}-{f}",
+        )
+        for f in ("ipv4", "ipv6", "dual")
+        for g in ("newest", "oldest")
+    ],
+)  # fmt: skip
 def test_every_sidecar_exits_within_5_s_of_sigterm_after_load(
-    gen_name: str, scenarios: Scenarios, request: pytest.FixtureRequest
+    gen_name: str, family: str, scenarios: Scenarios, request: pytest.FixtureRequest
 ) -> None:
     seen: Observed = scenarios.outcome(request.node)
     termination: PodTermination = seen.extra["termination"]
     load = seen.extra["load"]
     stops = termination.stops
-    note = recorder("11 delete after load", seen.label)
+    note = recorder(f"11 delete after load {family}", seen.label)
     note(
         f"load: {CLIENTS} clients {LOAD_SECONDS} s, requests/errors",
         f"{load.requests}/{load.errors}",

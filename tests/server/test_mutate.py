@@ -17,7 +17,11 @@ from typing import Any
 
 import jsonpatch
 import pytest
+import uvloop
 import yaml
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from webhook.serve import guard
 
 from .conftest import Pki
 from .reviews import CorpusPod, corpus_pods, decoded_patch, make_pod, pod_review
@@ -351,13 +355,16 @@ def test_chunked_body_over_cap_is_413(client: Client) -> None:
 
 
 def test_runs_on_uvloop_and_httptools(client: Client, server: Server) -> None:
-    """The pure-Python loop or parser would make p50 far worse (docs/design.md "Server")."""
+    """The pure-Python loop or parser would make p50 far worse (docs/design.md "Server"); guard.py
+    subclasses uvloop's loop and uvicorn's httptools protocol (slow-client bounds)."""
     ready = client.get("/readyz").json()
-    assert ready["loop"] == "uvloop.Loop"
-    assert ready["http"] == "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol"
+    assert ready["loop"] == "webhook.serve.guard.HandshakeBoundedLoop"
+    assert ready["http"] == "webhook.serve.guard.GuardedHttpToolsProtocol"
+    assert issubclass(guard.HandshakeBoundedLoop, uvloop.Loop)
+    assert issubclass(guard.GuardedHttpToolsProtocol, HttpToolsProtocol)
     started = server.events("started")
     assert started
-    assert started[0]["loop"] == "uvloop.Loop"
+    assert started[0]["loop"] == "webhook.serve.guard.HandshakeBoundedLoop"
 
 
 def test_healthz_and_readyz(client: Client, pki: Pki) -> None:

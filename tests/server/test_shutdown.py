@@ -43,8 +43,15 @@ def shutting_down(server: Server) -> int:
 def test_sigterm_lets_an_in_flight_review_finish(
     workers: int, tmp_path: Path, pki: Pki, test_policy: Path
 ) -> None:
+    # No drain: this test is about the shutdown that follows it (test_rollout.py drains).
     server = start_server(
-        tmp_path, cert=pki.cert, key=pki.key, ca=pki.ca, policy=test_policy, workers=workers
+        tmp_path,
+        cert=pki.cert,
+        key=pki.key,
+        ca=pki.ca,
+        policy=test_policy,
+        workers=workers,
+        extra=("--drain-seconds", "0"),
     )
     review = pod_review(make_pod(annotations={"cache-injector.io/backend": "web:8080"}))
     body = json.dumps(review).encode()

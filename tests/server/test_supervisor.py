@@ -63,6 +63,8 @@ class RecordedProcess:
 def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[RecordedProcess]]:
     monkeypatch.setattr(multiprocess, "Process", RecordedProcess)
     monkeypatch.setattr(runner, "Process", RecordedProcess)
+    # runner's own Process subclass (its servers drain on SIGTERM), which slots are made of.
+    monkeypatch.setattr(runner, "DrainingProcess", RecordedProcess)
     RecordedProcess.created = []
     saved = {sig: signal.getsignal(sig) for sig in multiprocess.SIGNALS}
     try:

@@ -42,6 +42,12 @@ def _security_context(uid: int | None) -> JsonDict:
     return context
 
 
+def _pull_policy(policy: Policy) -> JsonDict:
+    """The policy's imagePullPolicy, or nothing: Kubernetes' default then applies."""
+    pull_policy = policy.model.images.pull_policy
+    return {"imagePullPolicy": pull_policy} if pull_policy else {}
+
+
 def _resources(
     spec: Resources, memory_floor: int | None = None, memory_request: int | None = None
 ) -> JsonDict:
@@ -93,6 +99,7 @@ def build_haproxy(options: Options, policy: Policy) -> JsonDict:
     container: JsonDict = {
         "name": names.CONTAINER_HAPROXY,
         "image": model.images.haproxy,
+        **_pull_policy(policy),
         "command": [
             "haproxy",
             "-W",
@@ -178,6 +185,9 @@ def varnish_args(options: Options, policy: Policy) -> list[str]:
         names.VARNISH_WORKDIR,
         "-f",
         f"{names.VARNISH_CONFIG_DIR}/{names.VARNISH_CONFIG_FILE}",
+        # No address: varnishd binds every address getaddrinfo gives for the wildcard,
+        # 0.0.0.0 and [::] (v6only), so cache-http answers on the pod's IPv4 and IPv6
+        # addresses; where the kernel has no IPv6 (EAFNOSUPPORT) it skips [::] (7.1 and 8.0).
         "-a",
         f":{options.listen_port}",
         "-s",
@@ -208,6 +218,11 @@ def varnish_args(options: Options, policy: Policy) -> list[str]:
         f"vsl_space={VARNISH_LOG_SIZE // values.MIB}M",
         "-p",
         f"thread_pool_min={VARNISH_THREADS_MIN}",
+        # Varnish must close an idle connection to HAProxy before HAProxy does, or it can
+        # send a request on a connection HAProxy is closing (its default, 60 s, was above
+        # HAProxy's 10 s). The local frontend keeps idle connections twice as long (60 s).
+        "-p",
+        f"backend_idle_timeout={names.VARNISH_BACKEND_IDLE_SECONDS}",
     ]
     if has_transit_buffer(policy.model.images.varnish):
         args += ["-p", f"transit_buffer={TRANSIT_BUFFER}"]
@@ -231,6 +246,7 @@ def build_varnish(options: Options, policy: Policy) -> JsonDict:
     container: JsonDict = {
         "name": names.CONTAINER_VARNISH,
         "image": model.images.varnish,
+        **_pull_policy(policy),
         "command": ["varnishd"],
         "args": varnish_args(options, policy),
         "ports": [
@@ -343,13 +359,14 @@ def check_ports(pod_spec: Mapping[str, Any], listen_port: int) -> list[InvalidAn
     """Every sidecar port and port name against the pod's own; each clash names both sides."""
     listen_key = names.OPTIONS_BY_NAME["listen_port"].key
     fixed = (
-        f"{names.CONTAINER_HAPROXY} always uses {names.HAPROXY_LOCAL_PORT} and "
-        f"{names.HAPROXY_METRICS_PORT}"
+        f"{names.CONTAINER_HAPROXY} always uses {names.HAPROXY_LOCAL_PORT}, "
+        f"{names.HAPROXY_METRICS_PORT} and {names.HAPROXY_STATS_PORT}"
     )
     # port -> (what the sidecar uses it for, the way out)
     ours = {
         names.HAPROXY_LOCAL_PORT: ("local frontend", fixed),
         names.HAPROXY_METRICS_PORT: ("metrics", fixed),
+        names.HAPROXY_STATS_PORT: ("stats page, localhost only", fixed),
         listen_port: (listen_key, f"set {listen_key} to a free port from 1025 to 65535"),
     }
     our_names = {names.PORT_NAME_HTTP, names.PORT_NAME_METRICS}

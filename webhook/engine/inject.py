@@ -174,6 +174,7 @@ def inject_pod(
         native=policy.model.native_sidecars,
         config_hash=configs.digest,
         revision=revision,
+        pull_secrets=policy.model.images.pull_secrets,
     )
     return Outcome(
         allowed=True,

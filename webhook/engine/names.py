@@ -51,6 +51,14 @@ PORT_NAME_HTTP = "cache-http"
 PORT_NAME_METRICS = "cache-metrics"
 HAPROXY_LOCAL_PORT = 6090
 HAPROXY_METRICS_PORT = 6091
+# HAProxy's stats page (backend pods' addresses and health): 127.0.0.1 only, reached with
+# `kubectl port-forward`, never from another pod.
+HAPROXY_STATS_PORT = 6092
+HAPROXY_STATS_PATH = "/stats"
+# Idle keep-alive between Varnish and HAProxy's local frontend: the side that reuses a
+# connection (Varnish) must give it up first.
+VARNISH_BACKEND_IDLE_SECONDS = 30
+HAPROXY_LOCAL_KEEPALIVE_SECONDS = 60
 # HAProxy's fd-hard-limit: bounds its fd tables (and maxconn, ~half of it) whatever
 # RLIMIT_NOFILE the runtime gives.
 HAPROXY_FD_HARD_LIMIT = 8192
@@ -67,6 +75,9 @@ HAPROXY_HEALTH_PATH = "/healthz"
 # Answered by HAProxy's local frontend: 200 while at least one backend pod is up. Varnish
 # probes it, so it knows when to serve stale objects from grace instead of fetching.
 HAPROXY_BACKENDS_UP_PATH = "/.cache/backends-up"
+# Answered by HAProxy's local frontend: 503 while the backend Service has more ready pods
+# than max-backends (HAProxy's own check of it logs the warning and sets the metric).
+HAPROXY_MAX_BACKENDS_PATH = "/.cache/max-backends"
 STICKY_COOKIE = "CACHESRV"
 # Invalidation from outside the pod: a token from a Secret the user creates (the injector
 # makes no API calls; the env var is optional), sent in a header the API server's pod proxy
@@ -124,11 +135,24 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "max_backends",
         "int",
-        "32",
+        "128",
         "an integer from 1 to {high}",
-        "HAProxy server-template slots: the most backend pods balanced over.",
+        "HAProxy server-template slots: the most backend pods balanced over. A Service with "
+        'more ready pods is reported (HAProxy logs "Server max_backends/enough-slots is '
+        'DOWN"; haproxy_backend_active_servers{proxy="max_backends"} is 0).',
         low=1,
         high=256,
+    ),
+    OptionSpec(
+        "ip_family",
+        "enum:auto,ipv4,ipv6",
+        "auto",
+        "auto, ipv4 or ipv6",
+        "Address family of the backend pods and of cache-haproxy's listener. auto: listen on "
+        "IPv4 and IPv6, use a Service's IPv4 addresses when it has both (dual-stack), its IPv6 "
+        "ones when it has no other (IPv6-only); ipv6: the same, preferring IPv6 on "
+        "dual-stack; ipv4: IPv4 only, for nodes booted without IPv6 (ipv6.disable=1), where "
+        "an IPv6 listener cannot be created.",
     ),
     OptionSpec(
         "health_path",
@@ -166,7 +190,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "int",
         "6081",
         "an integer from 1025 to 65535, not used by another container of the pod, "
-        "not 6090 or 6091 (cache-haproxy)",
+        "not 6090, 6091 or 6092 (cache-haproxy)",
         "Port Varnish listens on, named cache-http.",
         low=1025,
         high=65535,

@@ -32,6 +32,7 @@ class Options:
     backend: values.Backend | None
     discovery: str
     max_backends: int
+    ip_family: str
     health_path: str | None
     cache_size: int
     default_ttl: int
@@ -90,6 +91,10 @@ def _resolve(annotations: Mapping[str, str], namespace: str, policy: Policy) -> 
     limits = policy.model.limits
     for spec in names.OPTIONS:
         text, source = _pick(spec, annotations, namespace_values, policy)
+        if spec.name == "max_backends" and source == "built-in" and text is not None:
+            # The built-in default never exceeds a policy's lower limit (a policy written
+            # when the default was 32 may cap it at 64): the limit is the default then.
+            text = str(min(int(text), limits.max_backends))
         sources[spec.name], texts[spec.name] = source, text
         if text is None:
             parsed[spec.name] = None

@@ -50,12 +50,14 @@ def build_patch(
     native: bool,
     config_hash: str,
     revision: str = names.DEFAULT_REVISION,
+    pull_secrets: Sequence[str] = (),
 ) -> list[Op]:
     """The ops, in an order that applies cleanly: removals (highest index first), then adds.
 
     `replaced` names user-declared containers (group, index) that `containers` supersede.
     `annotations` are our written annotations but the status, which is built here because it
-    records what these ops add, create and replace.
+    records what these ops add, create and replace. `pull_secrets` (the policy's) are
+    appended to the pod's imagePullSecrets, but for names the pod already lists.
     """
     spec: Mapping[str, Any] = pod.get("spec") or {}
     metadata: Mapping[str, Any] = pod.get("metadata") or {}
@@ -133,6 +135,30 @@ def build_patch(
             volume_ops = [
                 {"op": "add", "path": "/spec/volumes", "value": [dict(v) for v in new_volumes]}
             ]
+    pull_ops: list[Op] = []
+    if pull_secrets:
+        # After the pod's own, in the policy's order; the pod's entries never move (the
+        # kubelet tries them in order) and a name already listed is not repeated.
+        own = spec.get("imagePullSecrets")
+        if isinstance(own, list):
+            own_names = {entry.get("name") for entry in own if isinstance(entry, dict)}
+            added = [name for name in pull_secrets if name not in own_names]
+            pull_ops = [
+                {"op": "add", "path": "/spec/imagePullSecrets/-", "value": {"name": name}}
+                for name in added
+            ]
+        else:
+            creating("/spec/imagePullSecrets", spec, "imagePullSecrets")
+            added = list(pull_secrets)
+            pull_ops = [
+                {
+                    "op": "add",
+                    "path": "/spec/imagePullSecrets",
+                    "value": [{"name": name} for name in added],
+                }
+            ]
+        if added:
+            status["pullSecrets"] = added
     if created:
         status["created"] = created
     if nulls:
@@ -145,7 +171,7 @@ def build_patch(
     ).decode()
     if evict_value is not None:
         all_annotations[evict_key] = evict_value
-    return ops + _annotation_ops(metadata, all_annotations) + container_ops + volume_ops
+    return ops + _annotation_ops(metadata, all_annotations) + container_ops + volume_ops + pull_ops
 
 
 def read_status(pod: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -177,8 +203,8 @@ def _strings(status: Mapping[str, Any], key: str) -> list[str]:
 def uninject(pod: dict[str, Any]) -> list[str]:
     """Take out, in place, exactly what the status annotation says injection added.
 
-    The inverse of applying `build_patch`: our containers and volumes by name, our
-    annotations, our names in the autoscaler's list (its earlier text restored), the user's
+    The inverse of applying `build_patch`: our containers, volumes and pull Secrets by name,
+    our annotations, our names in the autoscaler's list (its earlier text restored), the user's
     containers we replaced (back at their index) and any map or list we created. Returns
     what was removed, for the user; [] when the pod was not injected.
     """
@@ -203,6 +229,12 @@ def uninject(pod: dict[str, Any]) -> list[str]:
         kept = [v for v in spec["volumes"] if not (isinstance(v, dict) and v["name"] in volumes)]
         removed += [f"volumes/{v['name']}" for v in spec["volumes"] if v not in kept]
         spec["volumes"][:] = kept
+    secrets = set(_strings(status, "pullSecrets"))
+    if secrets and isinstance(spec.get("imagePullSecrets"), list):
+        own = spec["imagePullSecrets"]
+        kept = [s for s in own if not (isinstance(s, dict) and s.get("name") in secrets)]
+        removed += [f"imagePullSecrets/{s['name']}" for s in own if s not in kept]
+        own[:] = kept
     annotations = metadata["annotations"]
     evict = status.get("evict")
     evict_key = names.ANNOTATION_SAFE_TO_EVICT_LOCAL_VOLUMES

@@ -7,6 +7,7 @@ that the hot path reads. Does not: read files or watch them (the server and CLI 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -138,10 +139,29 @@ NamespacePolicy: type[BaseModel] = create_model(
 
 
 class Images(StrictModel):
-    """Sidecar images; both must run the `haproxy` and `varnishd` programs from PATH."""
+    """Sidecar images; both must run the `haproxy` and `varnishd` programs from PATH. A mirror
+    or private registry goes in the reference (registry.example/mirror/haproxy:3.4), pinned by
+    digest if wanted (NAME@sha256:<64 hex>, or NAME:TAG@sha256:<64 hex>)."""
 
-    haproxy: StrictStr = Field(DEFAULT_IMAGES["haproxy"], description="Image of cache-haproxy.")
-    varnish: StrictStr = Field(DEFAULT_IMAGES["varnish"], description="Image of cache-varnish.")
+    haproxy: StrictStr = Field(
+        DEFAULT_IMAGES["haproxy"],
+        description="Image of cache-haproxy: [REGISTRY[:PORT]/]PATH[:TAG][@sha256:<64 hex>].",
+    )
+    varnish: StrictStr = Field(
+        DEFAULT_IMAGES["varnish"],
+        description="Image of cache-varnish: [REGISTRY[:PORT]/]PATH[:TAG][@sha256:<64 hex>].",
+    )
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None,
+        description="imagePullPolicy of both sidecars; null leaves Kubernetes' default "
+        "(Always for :latest or no tag, else IfNotPresent).",
+    )
+    pull_secrets: list[StrictStr] = Field(
+        default_factory=list,
+        description="Secret names added to every injected pod's imagePullSecrets, after the "
+        "pod's own (none duplicated, their order kept). Like the pod's own, each must exist in "
+        "the pod's namespace.",
+    )
 
 
 class ResourceList(StrictModel):
@@ -202,8 +222,9 @@ class PolicyModel(StrictModel):
     cluster_domain: StrictStr = Field("cluster.local", description="Cluster DNS domain.")
     native_sidecars: StrictBool = Field(
         True,
-        description="true: sidecars are native (initContainers, restartPolicy Always; "
-        "Kubernetes 1.29+). false: appended to containers, and Job pods are not injected.",
+        description="true: sidecars are native (initContainers, restartPolicy Always, "
+        "preStop sleep action; Kubernetes 1.30+). false: appended to containers (preStop "
+        "exec sleep; Kubernetes 1.28+), and Job pods are not injected.",
     )
     images: Images = Field(default_factory=Images, description="Sidecar images (see Images below).")
     allow_image_override: StrictBool = Field(
@@ -244,8 +265,11 @@ class PolicyModel(StrictModel):
     )
     sticky_session_secret: StrictStr = Field(
         "",
-        description="Mixed into HAProxy's dynamic-cookie-key (with the backend FQDN), so "
-        "sticky cookies cannot be forged from a pod IP. Same in every replica.",
+        description="Mixed into HAProxy's dynamic-cookie-key: sha256(secret + NUL + backend "
+        "FQDN), the same in every replica. Empty: anyone can compute a Service's key. The chart "
+        "generates one and keeps it in a Secret (serve reads it from "
+        "CACHE_INJECTOR_STICKY_SESSION_SECRET, which wins over this field); see docs/fleet.md "
+        "for what the key in a pod's annotation does and does not allow.",
     )
     run_as_user: RunAsUser = Field(
         default_factory=RunAsUser,
@@ -334,6 +358,7 @@ def check_option(spec: names.OptionSpec, text: str, limits: Limits) -> object:
     if spec.name == "listen_port" and value in (
         names.HAPROXY_LOCAL_PORT,
         names.HAPROXY_METRICS_PORT,
+        names.HAPROXY_STATS_PORT,
     ):
         raise ValueError(accepted)
     return value
@@ -441,10 +466,19 @@ def _check_semantics(model: PolicyModel) -> list[str]:
     for index, namespace in enumerate(model.exclude_namespaces):
         if not values.DNS_LABEL.match(namespace):
             problems.append(f"excludeNamespaces.{index}: {json.dumps(namespace)}: a namespace name")
+    for index, secret in enumerate(model.images.pull_secrets):
+        if not values.DNS_SUBDOMAIN.match(secret) or len(secret) > 253:
+            problems.append(
+                f"images.pullSecrets.{index}: {json.dumps(secret)}: a Secret name (a DNS "
+                "subdomain: lowercase letters, digits, '-' and '.')"
+            )
+        elif secret in model.images.pull_secrets[:index]:
+            problems.append(f"images.pullSecrets.{index}: {json.dumps(secret)}: listed twice")
     for which in ("haproxy", "varnish"):
         image = getattr(model.images, which)
-        if not image or any(char.isspace() for char in image):
-            problems.append(f"images.{which}: {json.dumps(image)}: an image reference")
+        image_problem = values.image_problem(image)
+        if image_problem:
+            problems.append(f"images.{which}: {json.dumps(image)}: {image_problem}")
         sidecar = getattr(model.resources, which)
         for kind in ("requests", "limits"):
             for resource in ("cpu", "memory", "ephemeral_storage"):
@@ -541,6 +575,15 @@ def build_policy(data: Any, source: str = "policy") -> Policy:
     if problems:
         raise InvalidPolicy(problems, source)
     return policy
+
+
+def with_sticky_session_secret(policy: Policy, secret: str) -> Policy:
+    """The policy with stickySessionSecret replaced (the chart keeps it in a Secret, out of
+    the policy ConfigMap; `serve` reads it from the environment)."""
+    model = policy.model.model_copy(update={"sticky_session_secret": secret})
+    canonical = json.dumps(model.model_dump(mode="json", by_alias=True), sort_keys=True)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return dataclasses.replace(policy, model=model, digest=digest)
 
 
 def load_policy_text(text: str, source: str = "policy") -> Policy:

@@ -81,6 +81,20 @@ def cookie_key(fqdn: str, secret: str) -> str:
     return hashlib.sha256(f"{secret}\0{fqdn}".encode()).hexdigest()[:32]
 
 
+# Bytes one pod adds to a DNS answer, at most (bench.slots): an A record 16, AAAA 28; an SRV
+# record with its target's AAAA in the additional section ~110 (IPv6 target names are long).
+DNS_BYTES_PER_POD = {"dns-a": 28, "dns-srv": 112}
+DNS_MIN_PAYLOAD = 8192
+
+
+def dns_payload_size(discovery: str, max_backends: int) -> int:
+    """accepted_payload_size: room for one record per slot and the counting slot, as the
+    answer for a Service that fills them all; a larger answer comes back truncated and
+    HAProxy keeps its last addresses (no pod added or removed is seen)."""
+    needed = 512 + DNS_BYTES_PER_POD[discovery] * (max_backends + 1)
+    return min(65535, max(DNS_MIN_PAYLOAD, needed))
+
+
 def _template_values(options: Options, target: Target) -> dict[str, object]:
     backend = options.backend
     assert backend is not None, "render needs a backend; selection skips pods without one"
@@ -93,6 +107,7 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "srv_name": f"_{backend.port}._tcp.{fqdn}",
         "discovery": options.discovery,
         "max_backends": options.max_backends,
+        "payload_size": dns_payload_size(options.discovery, options.max_backends),
         "health_path": options.health_path,
         "sticky_sessions": options.sticky_sessions,
         "sticky_cookie": names.STICKY_COOKIE,
@@ -108,10 +123,17 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "grace": options.grace,
         "local_port": names.HAPROXY_LOCAL_PORT,
         "metrics_port": names.HAPROXY_METRICS_PORT,
+        "stats_port": names.HAPROXY_STATS_PORT,
+        "stats_path": names.HAPROXY_STATS_PATH,
+        "local_keepalive": names.HAPROXY_LOCAL_KEEPALIVE_SECONDS,
+        "varnish_idle": names.VARNISH_BACKEND_IDLE_SECONDS,
+        "ip_family": options.ip_family,
+        "resolve_prefer": "ipv6" if options.ip_family == "ipv6" else "ipv4",
         "fd_hard_limit": names.HAPROXY_FD_HARD_LIMIT,
         "run_dir": names.HAPROXY_RUN_DIR,
         "health_uri": names.HAPROXY_HEALTH_PATH,
         "backends_up_path": names.HAPROXY_BACKENDS_UP_PATH,
+        "max_backends_path": names.HAPROXY_MAX_BACKENDS_PATH,
         "ready_path": names.VARNISH_READY_PATH,
         "purge_secret": names.PURGE_SECRET,
         "purge_secret_key": names.PURGE_SECRET_KEY,

@@ -7,6 +7,7 @@ not empty, replaces the generic "what is accepted" text with a more precise one.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -40,7 +41,34 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 # IANA service name, as Kubernetes validates port names.
 PORT_NAME = re.compile(r"^(?=.*[a-z])(?!.*--)[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
 # Characters safe inside an haproxy.cfg word and a VCL string without quoting.
+# An OCI image reference, as distribution/reference parses it: [registry[:port]/]path[:tag]
+# [@digest]. A digest must be sha256 (the only one registries use) with its 64 hex digits.
+_IMAGE_NAME = (
+    r"(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
+IMAGE_REFERENCE = re.compile(
+    rf"^{_IMAGE_NAME}(?::[\w][\w.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?$"
+)
+IMAGE_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 HTTP_PATH = re.compile(r"^/[A-Za-z0-9\-._~/%?=&+,:@]{0,255}$")
+
+
+def image_problem(text: str) -> str | None:
+    """What is wrong with an image reference, or None when it is one."""
+    if IMAGE_REFERENCE.match(text) and len(text) <= 1024:
+        return None
+    _, at, digest = text.partition("@")
+    if at and not IMAGE_DIGEST.search(text):
+        return (
+            f"the digest {json.dumps(digest)} is not sha256: followed by 64 lowercase hex digits "
+            "(NAME@sha256:<64 hex>)"
+        )
+    return (
+        "an image reference: [REGISTRY[:PORT]/]PATH[:TAG][@sha256:<64 hex>], lowercase path, "
+        "no spaces"
+    )
 
 
 def parse_quantity(text: str) -> Decimal:

@@ -1,11 +1,13 @@
 """Run the webhook under uvicorn: TLS only, in one process or in N worker processes.
 
-Owns: uvicorn's configuration — uvloop and httptools named outright, so a missing one fails
-start-up instead of serving with the pure-Python parser (p50 170x worse, docs/design.md "Server");
-the keep-alive, graceful-shutdown and concurrency limits; the metrics directory the workers
-share; and the hooks uvicorn calls in each worker for the TLS context and the app (each worker
-builds its own Runtime, watches the files itself and so picks up every rotation and reload).
-Does not: answer requests (server.py) or build TLS contexts (certs.py).
+Owns: uvicorn's configuration — uvloop and httptools named outright (guard.py's subclasses of
+them), so a missing one fails start-up instead of serving with the pure-Python parser (p50 170x
+worse, docs/design.md "Server"); the keep-alive and graceful-shutdown limits; the open-files limit;
+the metrics directory the workers share; and the hooks uvicorn calls in each worker for the TLS
+context and the app (each worker builds its own Runtime, watches the files itself and so picks
+up every rotation and reload).
+Does not: answer requests (server.py), build TLS contexts (certs.py) or bound slow clients and
+drain (guard.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import functools
 import logging
 import os
+import resource
 import shutil
 import socket
 import ssl
@@ -26,16 +29,13 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
-from . import logs, metrics
+from . import guard, logs, metrics
 from .server import Runtime, Settings, Webhook, build_app
 
 # Longer than the API server's idle-connection timeout (Go's http.Transport: 90 s), so the
 # client closes an idle connection first and never sends a review on one we are closing
 # (a POST is not retried: with failurePolicy Ignore the pod would start without the cache).
 KEEP_ALIVE_SECONDS = 120
-# Requests in flight per worker beyond which uvicorn answers 503: bounds memory, since each
-# may hold a body of up to 8 MiB. The API server needs a handful of connections.
-LIMIT_CONCURRENCY = 256
 
 _RUNTIMES: dict[Settings, Runtime] = {}
 
@@ -109,6 +109,26 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
+class DrainingProcess(Process):
+    """A worker process whose server drains on SIGTERM (guard.DrainingServer)."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            assert isinstance(self.config, guard.ServingConfig)
+            self._server = guard.DrainingServer(self.config)
+        return self._server
+
+
+def raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one (as Go programs do): at the usual soft 1024, a
+    crowd of connections made accept() fail for everyone, the API server included."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 class SpreadingMultiprocess(Multiprocess):
     """uvicorn's worker supervisor, but worker i listens only on socket i (see
     listening_sockets); a worker that dies is replaced on the same socket.
@@ -122,7 +142,7 @@ class SpreadingMultiprocess(Multiprocess):
         self.worker_sockets = sockets
 
     def _process(self, index: int) -> Process:
-        process = Process(self.config, [self.worker_sockets[index]])
+        process = DrainingProcess(self.config, [self.worker_sockets[index]])
         process.start()
         return process
 
@@ -174,17 +194,20 @@ def run(
     workers: int = 1,
     shutdown_timeout: int = 20,
     log_level: str = "INFO",
+    limits: guard.Guard | None = None,
 ) -> int:
-    """Serve until SIGTERM or SIGINT; in-flight reviews finish first. The exit status."""
+    """Serve until SIGTERM (after the drain) or SIGINT; in-flight reviews finish first. The
+    exit status."""
+    raise_open_files_limit()
     with shared_metrics_directory(workers):
-        config = uvicorn.Config(
+        config = guard.ServingConfig(
             app=functools.partial(create_app, settings),
             factory=True,
             host=host,
             port=port,
             workers=workers,
-            loop="uvloop",
-            http="httptools",
+            loop="uvloop",  # guard.ServingConfig makes it a HandshakeBoundedLoop
+            http=guard.GuardedHttpToolsProtocol,
             ws="none",
             lifespan="on",
             interface="asgi3",
@@ -194,11 +217,12 @@ def run(
             server_header=False,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
             timeout_graceful_shutdown=shutdown_timeout,
-            limit_concurrency=LIMIT_CONCURRENCY,
+            limit_concurrency=None,  # guard.py limits requests, not connections
             ssl_context_factory=functools.partial(ssl_context, settings),
+            guard=limits or guard.Guard(),
         )
         if workers == 1:
-            server = uvicorn.Server(config)
+            server = guard.DrainingServer(config)
             server.run()
             return 0 if server.started else STARTUP_FAILURE
         try:

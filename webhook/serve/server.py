@@ -31,10 +31,15 @@ from fastapi.responses import Response
 from ..engine import names
 from ..engine.errors import CacheInjectorError, InvalidCertificate, InvalidPolicy, MalformedReview
 from ..engine.inject import Outcome, inject_pod
-from ..engine.policy import Policy, default_policy, load_policy_text
+from ..engine.policy import (
+    Policy,
+    default_policy,
+    load_policy_text,
+    with_sticky_session_secret,
+)
 from ..engine.render import Templates, load_templates
 from ..engine.selection import decide
-from . import logs, metrics
+from . import guard, logs, metrics
 from .certs import ServingCertificate
 from .review import (
     Result,
@@ -84,8 +89,20 @@ class Engine:
     templates: Templates
 
 
+# The sticky-session secret, when set, replaces the policy's stickySessionSecret: the chart
+# passes it from a Secret to every replica, so it is never in the policy ConfigMap.
+STICKY_SESSION_SECRET_ENV = "CACHE_INJECTOR_STICKY_SESSION_SECRET"
+
+
 def read_policy(path: Path | None) -> Policy:
-    """The --policy file, or the embedded default; InvalidPolicy for anything unusable."""
+    """The --policy file (or the embedded default) with the sticky-session secret from the
+    environment, if set; InvalidPolicy for anything unusable."""
+    policy = _read_policy_file(path)
+    secret = os.environ.get(STICKY_SESSION_SECRET_ENV)
+    return with_sticky_session_secret(policy, secret) if secret else policy
+
+
+def _read_policy_file(path: Path | None) -> Policy:
     if path is None:
         return default_policy()
     try:
@@ -426,9 +443,10 @@ def build_app(runtime: Runtime) -> Webhook:
 
     @api.get("/readyz")
     async def readyz() -> Response:
-        """Ready once the certificate and policy are loaded (and the certificate is valid)."""
+        """Ready once the certificate and policy are loaded (and the certificate is valid);
+        not ready while draining after SIGTERM, so endpoints drop the pod."""
         status = runtime.status()
-        ready = not status["certificate"]["expired"]
+        ready = not status["certificate"]["expired"] and not guard.draining()
         return Response(
             orjson.dumps({"ready": ready, **status}),
             status_code=200 if ready else 503,

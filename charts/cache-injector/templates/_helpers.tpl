@@ -124,12 +124,14 @@ secret:
 
 {{/*
 The policy as the server reads it: the `policy` values with the release namespace added to
-excludeNamespaces (never removed, whatever the values say).
+excludeNamespaces (never removed, whatever the values say), without stickySessionSecret.
 */}}
 {{- define "cache-injector.policy" -}}
 {{- $policy := deepCopy .Values.policy }}
 {{- $excluded := concat (default (list) $policy.excludeNamespaces) (list .Release.Namespace) | uniq }}
 {{- $_ := set $policy "excludeNamespaces" $excluded }}
+{{- /* The sticky-session secret lives in its own Secret (deployment.yaml), never here. */}}
+{{- $_ := unset $policy "stickySessionSecret" }}
 {{- toYaml $policy }}
 {{- end }}
 
