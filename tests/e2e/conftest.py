@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e import podrunner
 from tests.e2e.harness import root_cleanup
-from tests.e2e.scenarios import Scenarios, figures_table
+from tests.e2e.scenarios import PARALLEL, Scenarios, figures_table, wall_times_table
 
 TOOLS = ("ip", "nsenter", "unshare", "setpriv", "mount")
 
@@ -83,4 +83,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if lines:
         terminalreporter.section("e2e measured figures")
         for line in lines:
+            terminalreporter.write_line(line)
+    times = wall_times_table()
+    if times:
+        terminalreporter.section(f"e2e scenario wall times (at most {PARALLEL} at once)")
+        for line in times:
             terminalreporter.write_line(line)

@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e.client import Traffic, between, error_summary, errors, pods
 from tests.e2e.harness import NAMESPACE, SERVICE, Observed, PodEnv, generation, observe, wait_for
-from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+from tests.e2e.scenarios import Scenarios, background, lasts, recorder, sleep
 
 pytestmark = pytest.mark.e2e
 
@@ -32,6 +32,7 @@ def outage_path(index: int) -> str:
     return f"{kind}{index}" if kind == "/nocache/" else f"{kind}-{index // len(KINDS) % 4}"
 
 
+@lasts(75)
 def backend_outage(gen_name: str, family: str = "ipv4") -> Observed:
     with PodEnv(generation(gen_name), backends=3, label="backend-outage", family=family) as env:
         assert env.dns
@@ -116,6 +117,7 @@ def test_backend_outage_serves_cache_fails_fast_and_recovers(
 SLOW_FAILURE = 1.0
 
 
+@lasts(35)
 def slow_failure(gen_name: str) -> Observed:
     with PodEnv(generation(gen_name), backends=2, label="slow-failure") as env:
         paths = [f"/short/slow-{n}" for n in range(2)]

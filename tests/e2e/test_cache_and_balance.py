@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.daemons import missing
 from tests.e2e.client import Client, errors, pods
 from tests.e2e.harness import METRICS_PORT, PodEnv, generation, wait_for
 from tests.e2e.scenarios import record, recorder
@@ -176,7 +177,7 @@ def build_no_ipv6_shim(directory: Path) -> Path:
     """The preload, built with the host's C compiler, readable by the sidecars' users."""
     cc = shutil.which("cc")
     if cc is None:
-        pytest.skip("no C compiler for the no-IPv6 preload")
+        missing("no C compiler for the no-IPv6 preload (Varnish needs one too: `make daemons`)")
     directory.chmod(0o755)
     source, shim = directory / "noipv6.c", directory / "noipv6.so"
     source.write_text(NO_IPV6_SHIM)

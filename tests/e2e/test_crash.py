@@ -25,7 +25,7 @@ import pytest
 from tests.e2e.client import Reply, Traffic, between, error_summary
 from tests.e2e.harness import LISTEN_PORT, POD_IP, Observed, PodEnv, generation, observe
 from tests.e2e.podrunner import BACKOFF_INITIAL_SECONDS
-from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+from tests.e2e.scenarios import Scenarios, background, lasts, recorder, sleep
 
 pytestmark = pytest.mark.e2e
 
@@ -102,6 +102,7 @@ def crash_and_restart(env: PodEnv, container: str) -> dict[str, Any]:
     }
 
 
+@lasts(40)
 def crashes(gen_name: str) -> Observed:
     gen = generation(gen_name)
     with PodEnv(gen, label="crash") as env:

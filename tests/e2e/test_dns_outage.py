@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.client import Traffic, between, error_summary, errors, pods
 from tests.e2e.harness import Observed, PodEnv, generation, mixed_path, observe
-from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+from tests.e2e.scenarios import Scenarios, background, lasts, recorder, sleep
 
 pytestmark = pytest.mark.e2e
 
@@ -26,6 +26,7 @@ RATE = 20
 MODES = ("timeout", "refused", "servfail", "down")
 
 
+@lasts(60)
 def dns_outage(gen_name: str, mode: str, family: str = "ipv4") -> Observed:
     gen = generation(gen_name)
     with PodEnv(gen, label=f"dns-{mode}", family=family) as env:

@@ -27,7 +27,7 @@ import pytest
 
 from tests.e2e.client import error_summary, errors
 from tests.e2e.harness import Observed, PodEnv, generation, observe
-from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+from tests.e2e.scenarios import Scenarios, background, lasts, recorder, sleep
 from webhook.engine import names
 
 pytestmark = pytest.mark.e2e
@@ -75,6 +75,7 @@ def varnish_counters(env: PodEnv) -> dict[str, int]:
     return {name: values.get(name, 0) for name in COUNTERS}
 
 
+@lasts(95)
 def idle_reuse(gen_name: str, fixed: bool) -> Observed:
     jitter = random.Random(f"{gen_name}-{fixed}")  # the same schedule every run
     with PodEnv(

@@ -9,11 +9,13 @@ haproxy_backend_active_servers{proxy="max_backends"} drops to 0 while
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from tests.e2e.client import Client, Traffic, error_summary, errors, pods
+from tests.e2e.client import Client, Reply, error_summary, errors, pods
 from tests.e2e.harness import METRICS_PORT, Observed, PodEnv, generation, observe, wait_for
-from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+from tests.e2e.scenarios import Scenarios, background, lasts, recorder
 from webhook.engine import names
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +36,23 @@ def active_servers(env: PodEnv) -> dict[str, int]:
     return out
 
 
+def spread_traffic(env: PodEnv, target: int) -> list[Reply]:
+    """Uncached requests until `target` pods have answered, then 2 x target more (no further
+    pod may show up). A count, not a rate: on a loaded machine a 6 s burst at 40/s once
+    sent 6 requests, which said nothing about the pod."""
+    replies: list[Reply] = []
+    began, until = time.monotonic(), None
+    while len(replies) < 20 * target and time.monotonic() - began < 120:
+        batch = [env.http.submit(f"/nocache/{len(replies) + i}") for i in range(8)]
+        replies += [future.result(timeout=60) for future in batch]
+        if until is None and len(pods(replies)) >= target:
+            until = len(replies) + 2 * target
+        if until is not None and len(replies) >= until:
+            break
+    return replies
+
+
+@lasts(30)
 def large_service(gen_name: str, max_backends: int | None) -> Observed:
     annotations = {} if max_backends is None else {P_MAX: str(max_backends)}
     with PodEnv(
@@ -45,12 +64,11 @@ def large_service(gen_name: str, max_backends: int | None) -> Observed:
             lambda: active_servers(env).get("backend_pods", 0) >= min(PODS, slots), timeout=90
         )
         assert filled is not None, f"slots UP: {active_servers(env)}\n{env.diagnostics()}"
-        traffic = Traffic(env.http, lambda i: f"/nocache/{i}", rate=40).start()
-        sleep(6)
-        replies = traffic.stop()
+        began = time.monotonic()
+        replies = spread_traffic(env, min(PODS, slots))
         # HAProxy checks max_backends/enough-slots every 10 s.
         wait_for(lambda: WARNING in env.haproxy_log(), timeout=25 if max_backends else 12)
-        return observe(env, replies, {"start": traffic.started_at}, metrics=active_servers(env))
+        return observe(env, replies, {"start": began}, metrics=active_servers(env))
 
 
 P_MAX = names.OPTIONS_BY_NAME["max_backends"].key

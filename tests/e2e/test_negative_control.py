@@ -25,7 +25,7 @@ from tests.e2e.harness import (
     observe,
     wait_for,
 )
-from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+from tests.e2e.scenarios import Scenarios, background, lasts, recorder, sleep
 
 pytestmark = pytest.mark.e2e
 
@@ -40,6 +40,7 @@ def short_name(cfg: str) -> str:
     return edited
 
 
+@lasts(40)
 def field_report() -> Observed:
     # 8 slots: each (and each of pods_seen's) resolves through libc at start, one after the
     # other; 128 + 129 of them outlasted the startupProbe on a loaded machine.

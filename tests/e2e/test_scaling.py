@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e.client import Traffic, between, error_summary, errors, pods
 from tests.e2e.harness import Observed, PodEnv, generation, observe, wait_for
-from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+from tests.e2e.scenarios import Scenarios, background, lasts, recorder, sleep
 
 pytestmark = pytest.mark.e2e
 
@@ -41,6 +41,7 @@ def scale_up(gen_name: str = "newest", family: str = "ipv4") -> Observed:
         )  # fmt: skip
 
 
+@lasts(30)
 def scale_down() -> Observed:
     with PodEnv(generation("newest"), backends=4, label="scale-down") as env:
         traffic = Traffic(env.http, uncached, rate=RATE).start()

@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.client import Traffic, error_summary, errors, largest_gap, pods
 from tests.e2e.harness import Observed, PodEnv, generation, mixed_path, observe, stop_seconds
-from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+from tests.e2e.scenarios import Scenarios, background, lasts, recorder, sleep
 
 pytestmark = pytest.mark.e2e
 
@@ -26,6 +26,7 @@ DISCOVERY = {
 }
 
 
+@lasts(90)
 def steady_traffic(gen_name: str, discovery: str) -> Observed:
     gen = generation(gen_name)
     with PodEnv(gen, annotations=DISCOVERY[discovery], label=f"steady-{discovery}") as env:

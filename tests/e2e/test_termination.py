@@ -216,7 +216,10 @@ def test_requests_during_the_drain_all_succeed_then_the_pod_stops(
     termination: PodTermination | None = seen.extra["termination"]
     assert termination is not None and termination.finished, seen.diagnostics
     deleted = seen.marks["delete"]
-    during = [r for r in seen.replies if r.at >= deleted]
+    # The Service stops routing DRAIN - 0.5 s after the deletion; a starved traffic thread
+    # may send a little later than that, to a pod no Service would route to any more.
+    routed = [r for r in seen.replies if r.at < deleted + DRAIN - 0.5]
+    during = [r for r in routed if r.at >= deleted]
     note = recorder(f"12 drain {mode}", seen.label)
     note("requests in the drain window / errors", f"{len(during)}/{len(errors(during))}")
     note(
@@ -234,7 +237,7 @@ def test_requests_during_the_drain_all_succeed_then_the_pod_stops(
     note("longest stretch without a request in the drain window s", round(gap, 2))
     assert gap <= 1.5, f"{gap:.1f} s of the drain window went unchecked"
     assert {r.path.split("/")[1] for r in during} == {"static", "nocache"}
-    assert not errors(seen.replies), error_summary(seen.replies, deleted) + "\n" + seen.diagnostics
+    assert not errors(routed), error_summary(routed, deleted) + "\n" + seen.diagnostics
     varnish = termination.stops["cache-varnish"]
     assert varnish.sigterm_at and varnish.sigterm_at - termination.began >= DRAIN - 0.1
     for name, stop in termination.stops.items():

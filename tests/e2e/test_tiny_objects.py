@@ -26,7 +26,7 @@ import pytest
 
 from tests.e2e.footprint import footprints
 from tests.e2e.harness import LISTEN_PORT, POD_IP, PodEnv, generation
-from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+from tests.e2e.scenarios import Scenarios, background, lasts, recorder, sleep
 from webhook.engine.values import parse_size
 
 pytestmark = pytest.mark.e2e
@@ -82,6 +82,7 @@ def varnish_counters(env: PodEnv) -> dict[str, int]:
     return out
 
 
+@lasts(25)
 def tiny_objects(gen_name: str) -> TinyObjects:
     gen = generation(gen_name)
     annotations = {"cache-injector.io/cache-size": CACHE_SIZE}
