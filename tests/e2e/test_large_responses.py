@@ -22,7 +22,7 @@ import pytest
 from tests.e2e.backends import big_checksum
 from tests.e2e.client import Download, download
 from tests.e2e.harness import LISTEN_PORT, POD_IP, PodEnv, generation
-from tests.e2e.scenarios import Scenarios, background, recorder
+from tests.e2e.scenarios import Scenarios, background, lasts, recorder
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +46,7 @@ class Seen:
     diagnostics: str = ""
 
 
+@lasts(25)
 def large_responses(gen_name: str) -> Seen:
     gen = generation(gen_name)
     annotations = {"cache-injector.io/cache-size": "16Mi"}

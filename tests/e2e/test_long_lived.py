@@ -22,7 +22,7 @@ import pytest
 from tests.e2e.backends import event_plan
 from tests.e2e.client import Event, WebSocket, read_events
 from tests.e2e.harness import LISTEN_PORT, POD_IP, PodEnv, generation
-from tests.e2e.scenarios import Scenarios, background, recorder, sleep
+from tests.e2e.scenarios import Scenarios, background, lasts, recorder, sleep
 
 pytestmark = pytest.mark.e2e
 
@@ -49,6 +49,7 @@ class Seen:
     diagnostics: str = ""
 
 
+@lasts(140)
 def long_lived(gen_name: str) -> Seen:
     gen = generation(gen_name)
     with PodEnv(gen, backends=3, memory_limits=True, label="long-lived") as env:
