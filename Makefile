@@ -9,7 +9,7 @@ SHARED ?= ../shared
 export SHARED
 APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl prometheus-varnish-exporter
 
-.PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-slots clean
+.PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize bench-slots clean
 
 setup: $(VENV)/.installed
 
@@ -88,6 +88,9 @@ bench: setup daemons wrk
 # MISS latency vs a plain varnishd) on both daemon generations; root and wrk needed.
 bench-datapath: setup daemons wrk
 	$(BIN)/python -m bench.datapath
+
+bench-objectsize: setup daemons
+	$(BIN)/python -m bench.objectsize
 
 # Prints numbers, asserts nothing: cache-haproxy's memory per max-backends slot and DNS answer
 # sizes per Service size, on both generations; root needed.

@@ -8,6 +8,7 @@ Varnish is checked with the container's own arguments (`varnishd -C` validates `
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import subprocess
@@ -47,6 +48,17 @@ MATRIX: list[tuple[str, dict[str, str], dict[str, object]]] = [
     ("sticky", {P + "sticky-sessions": "true"}, {}),
     ("sticky-secret", {P + "sticky-sessions": "true"}, {"stickySessionSecret": "s3cr3t"}),
     ("dns-srv", {P + "backend": "app:http", P + "discovery": "dns-srv"}, {}),
+    ("max-object-size-1pct", {P + "max-object-size": "1%"}, {}),
+    ("max-object-size-1Ki", {P + "max-object-size": "1Ki"}, {}),
+    ("max-object-size-4Gi", {P + "max-object-size": "4Gi", P + "cache-size": "4Gi"}, {}),
+    ("tunnel-timeout-1s", {P + "tunnel-timeout": "1s"}, {}),
+    ("tunnel-timeout-24d", {P + "tunnel-timeout": "24d"}, {}),
+    ("ignore-cookies-one", {P + "ignore-cookies": "_ga"}, {}),
+    (
+        "ignore-cookies-sticky",
+        {P + "ignore-cookies": "_ga,_ga_*,_gid,a.b,x-y*", P + "sticky-sessions": "true"},
+        {},
+    ),
     ("ip-family-ipv4", {P + "ip-family": "ipv4"}, {}),
     (
         "ip-family-ipv6",
@@ -92,6 +104,8 @@ class Rendered:
     vcl: str | None
     haproxy_cfg: str
     varnish_args: tuple[str, ...]
+    vcl_old: str | None  # for an image tagged 7.1 (no transit_buffer)
+    varnish_args_old: tuple[str, ...]
 
 
 def _render(case: str, pod: Mapping[str, object], policy: Policy, namespace: str) -> Rendered:
@@ -101,7 +115,21 @@ def _render(case: str, pod: Mapping[str, object], policy: Policy, namespace: str
     assert outcome.injected, (case, outcome.decision, outcome.error)
     assert outcome.configs is not None and outcome.options is not None
     args = varnish_args(outcome.options, policy)
-    return Rendered(case, outcome.configs.vcl, outcome.configs.haproxy_cfg, tuple(args))
+    # The same pod with an image tagged 7.1: no transit_buffer, large passes piped instead.
+    old_images = policy.model.images.model_copy(update={"varnish": "varnish:7.1"})
+    old = dataclasses.replace(policy, model=policy.model.model_copy(update={"images": old_images}))
+    old_outcome = inject_pod(
+        pod, namespace=namespace, operation="CREATE", policy=old, templates=load_templates()
+    )
+    assert old_outcome.configs is not None
+    return Rendered(
+        case,
+        outcome.configs.vcl,
+        outcome.configs.haproxy_cfg,
+        tuple(args),
+        old_outcome.configs.vcl,
+        tuple(varnish_args(outcome.options, old)),
+    )
 
 
 def _corpus_cases() -> Iterator[Rendered]:
@@ -145,7 +173,14 @@ def _unique(kind: str) -> list[tuple[str, str]]:
         if kind == "vcl":
             if rendered.vcl is None:
                 continue
-            text = rendered.vcl + "\0" + " ".join(rendered.varnish_args)
+            text = "\0".join(
+                (
+                    rendered.vcl,
+                    " ".join(rendered.varnish_args),
+                    rendered.vcl_old or "",
+                    " ".join(rendered.varnish_args_old),
+                )
+            )
         else:
             text = rendered.haproxy_cfg
         digest = hashlib.sha256(text.encode()).hexdigest()
@@ -194,7 +229,9 @@ def test_varnishd_accepts_vcl_and_arguments(
     label: str, case: str, vcl_and_args: str, workdir: Path
 ) -> None:
     daemon = daemons.require(label)
-    vcl, _, args_text = vcl_and_args.partition("\0")
+    vcl, args_text, old_vcl, old_args_text = vcl_and_args.split("\0")
+    if label == "varnish-7.1":  # as run from an image tagged 7.1
+        vcl, args_text = old_vcl, old_args_text
     stem = f"{label}-{hashlib.sha256(vcl_and_args.encode()).hexdigest()[:12]}"
     path = workdir / f"{stem}.vcl"
     path.write_text(vcl)

@@ -4,6 +4,7 @@ precedence is annotation > namespace-policy > policy-default > built-in; limits 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -16,7 +17,7 @@ from webhook.engine.errors import (
 )
 from webhook.engine.options import resolve_options, unknown_annotation_warnings
 from webhook.engine.policy import Policy
-from webhook.engine.values import MIB, Backend, parse_backend
+from webhook.engine.values import MIB, Backend, ObjectSize, cookie_names_regex, parse_backend
 
 P = "cache-injector.io/"
 
@@ -85,6 +86,19 @@ INVALID = [
     pytest.param("drain-seconds", "301", "from 0 to 300", id="drain-too-long"),
     pytest.param("drain-seconds", "-1", "from 0 to 300", id="drain-negative"),
     pytest.param("vcl-configmap", "My_VCL", "ConfigMap name", id="vcl-configmap-bad-name"),
+    pytest.param("max-object-size", "0%", "from 1% to 100%", id="object-size-0pct"),
+    pytest.param("max-object-size", "101%", "from 1% to 100%", id="object-size-101pct"),
+    pytest.param("max-object-size", "1.5%", "from 1% to 100%", id="object-size-fraction"),
+    pytest.param("max-object-size", "512", "at least 1Ki", id="object-size-tiny"),
+    pytest.param("max-object-size", "big", "memory", id="object-size-word"),
+    pytest.param("tunnel-timeout", "0s", "from 1s to 24d", id="tunnel-zero"),
+    pytest.param("tunnel-timeout", "25d", "from 1s to 24d", id="tunnel-over-haproxy-max"),
+    pytest.param("ignore-cookies", "", "comma-separated cookie names", id="cookies-empty"),
+    pytest.param("ignore-cookies", "_ga,,_gid", "comma-separated", id="cookies-empty-name"),
+    pytest.param("ignore-cookies", "*", "comma-separated", id="cookies-everything"),
+    pytest.param("ignore-cookies", "a|b", "comma-separated", id="cookies-regex"),
+    pytest.param("ignore-cookies", 'a"b', "comma-separated", id="cookies-quote"),
+    pytest.param("ignore-cookies", "_g*a", "comma-separated", id="cookies-star-inside"),
 ]
 
 
@@ -130,6 +144,21 @@ def test_every_invalid_annotation_is_reported_at_once(policy: Policy) -> None:
         pytest.param("drain-seconds", "300", "drain_seconds", 300, id="drain-max"),
         pytest.param("sticky-sessions", "true", "sticky_sessions", True, id="sticky-on"),
         pytest.param("health-path", "/healthz?full=1", "health_path", "/healthz?full=1", id="hp"),
+        pytest.param(
+            "max-object-size", "100%", "max_object_size", ObjectSize(percent=100), id="obj-100pct"
+        ),
+        pytest.param(
+            "max-object-size", "4Mi", "max_object_size", ObjectSize(size=4 * MIB), id="obj-4Mi"
+        ),
+        pytest.param("tunnel-timeout", "1s", "tunnel_timeout", 1, id="tunnel-low-edge"),
+        pytest.param("tunnel-timeout", "24d", "tunnel_timeout", 24 * 86400, id="tunnel-high"),
+        pytest.param(
+            "ignore-cookies",
+            "_ga, _ga_*,_gid,consent.v2",
+            "ignore_cookies",
+            ("_ga", "_ga_*", "_gid", "consent.v2"),
+            id="cookies",
+        ),
     ],
 )
 def test_valid_annotation_values(
@@ -305,3 +334,19 @@ def test_policy_and_annotations_apply_one_rule(
     else:
         assert annotation_error == policy_error
         assert annotation_error is not None and annotation_error[0] == problem_key
+
+
+def test_defaults_of_the_traffic_options(policy: Policy) -> None:
+    """10 % of the cache (bench.objectsize), an hour for idle tunnels, no cookie ignored."""
+    options = resolve_options({P + "backend": "app:8080"}, namespace="shop", policy=policy)
+    assert options.max_object_size.bytes_for(options.cache_size) == 128 * MIB // 10
+    assert options.tunnel_timeout == 3600
+    assert options.ignore_cookies is None
+
+
+def test_cookie_regex_matches_whole_names_only() -> None:
+    pattern = re.compile(r"(^|;\s*)" + cookie_names_regex(("_ga", "_ga_*", "a.b")) + "=")
+    for cookie in ("_ga=1", "x=1; _ga=2", "_ga_XYZ=3", "a.b=4"):
+        assert pattern.search(cookie), cookie
+    for cookie in ("_gab=1", "x_ga=1", "axb=1", "session=_ga=1"):
+        assert not pattern.search(cookie), cookie

@@ -287,6 +287,13 @@ def explain_record(path: str, result: Result) -> dict[str, Any]:
                 "value": outcome.options.texts[spec.name],
                 "source": outcome.options.sources[spec.name],
             }
+        # A percentage means nothing without the cache it is of: show the bytes too.
+        limit = outcome.options.max_object_size.bytes_for(outcome.options.cache_size)
+        record["options"]["max-object-size"]["bytes"] = limit
+        if outcome.options.max_object_size.percent is not None:
+            record["options"]["max-object-size"]["value"] += (
+                f" of cache-size {outcome.options.texts['cache_size']} = {limit} bytes"
+            )
     return record
 
 

@@ -8,6 +8,12 @@ path prefix decides its caching headers:
 - `/nocache/...` `Cache-Control: no-store` (every request goes to a backend pod)
 - `/session/...` no caching headers, but `Set-Cookie: session=<pod>` (the app's own cookie)
 - `/healthz`     200, or 503 after set_healthy(False)
+- `/big/<bytes>/<framing>/<name>`  a cacheable (`public, max-age=300`) body of <bytes> that
+                 big_body() can recompute, with Content-Length (framing `length`) or chunked
+- `/events/<seconds>`  server-sent events (`text/event-stream`, no caching headers, chunked):
+                 `data: <n> <time.time()>` at the moments of EVENT_PLAN, `: heartbeat`
+                 comments every 20 s in between, for <seconds>
+- `/ws`          a WebSocket (101, then every text frame echoed as `<pod> <text>`)
 anything else is a 404. After set_failing(seconds) every other path answers 503 (no-store)
 after that delay: a broken application whose pods still accept connections.
 Requests are counted per path, with the cookies they carried, and (health checks aside) by
@@ -16,11 +22,15 @@ the address family they arrived on.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import socket
+import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -33,6 +43,77 @@ CACHE_CONTROL = {
     "/nocache/": "no-store",
     "/session/": None,
 }
+
+
+BLOCK = 64 * 1024
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B40"
+HEARTBEAT_SECONDS = 20.0
+
+
+def big_body(path: str, size: int) -> Iterator[bytes]:
+    """The body of a /big/ response, in BLOCK pieces: each block carries its number and the
+    path, so a truncated, reordered or mixed-up body never has the right checksum."""
+    seed = hashlib.sha256(path.encode()).digest() * (BLOCK // 32)
+    sent, index = 0, 0
+    while sent < size:
+        block = (f"{index:012d}".encode() + seed)[: min(BLOCK, size - sent)]
+        yield block
+        sent += len(block)
+        index += 1
+
+
+def big_checksum(path: str, size: int) -> str:
+    digest = hashlib.sha256()
+    for block in big_body(path, size):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def event_plan(seconds: float) -> list[float]:
+    """When /events/ sends an event: every 5 s, except a silent 75 s gap from 20 s to 95 s
+    (heartbeats only), longer than HAProxy's and Varnish's 60 s idle timeouts."""
+    return [float(t) for t in range(0, int(seconds) + 1, 5) if not 20 < t < 95]
+
+
+def websocket_frame(payload: bytes, opcode: int = 1, mask: bool = False) -> bytes:
+    """One unfragmented frame (clients mask, servers do not)."""
+    head = bytes([0x80 | opcode])
+    bit = 0x80 if mask else 0
+    if len(payload) < 126:
+        head += bytes([bit | len(payload)])
+    elif len(payload) < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", len(payload))
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", len(payload))
+    if not mask:
+        return head + payload
+    key = b"\x01\x02\x03\x04"
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def read_exact(stream: Any, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        piece = stream.read(count - len(data))
+        if not piece:
+            raise ConnectionError("closed mid-frame")
+        data += piece
+    return data
+
+
+def read_websocket_frame(stream: Any) -> tuple[int, bytes]:
+    """(opcode, payload) of the next frame on a file-like stream."""
+    first, second = read_exact(stream, 2)
+    length = second & 0x7F
+    if length == 126:
+        length = struct.unpack("!H", read_exact(stream, 2))[0]
+    elif length == 127:
+        length = struct.unpack("!Q", read_exact(stream, 8))[0]
+    key = read_exact(stream, 4) if second & 0x80 else None
+    payload = read_exact(stream, length)
+    if key:
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return first & 0x0F, payload
 
 
 class _Server(ThreadingHTTPServer):
@@ -82,6 +163,12 @@ class _Handler(BaseHTTPRequestHandler):
             path = self.path.split("?", 1)[0]
             family = "ipv6" if self.server.address_family == socket.AF_INET6 else "ipv4"
             pod.count(path, self.headers.get("Cookie"), family)
+            if path.startswith("/big/"):
+                return self._big(path)
+            if path.startswith("/events/"):
+                return self._events(float(path.split("/")[2]))
+            if path == "/ws":
+                return self._websocket()
             headers: dict[str, str] = {"X-Pod": pod.name, "Content-Type": "text/plain"}
             if path == "/healthz":
                 status = 200 if pod.healthy else 503
@@ -114,6 +201,91 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET  # noqa: N815 - the stdlib's handler name
 
+    def _big(self, path: str) -> None:
+        size, framing = int(path.split("/")[2]), path.split("/")[3]
+        self.send_response(200)
+        self.send_header("X-Pod", self.server.pod.name)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Cache-Control", "public, max-age=300")
+        if framing == "length":
+            self.send_header("Content-Length", str(size))
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        for block in big_body(path, size):
+            if framing == "length":
+                self.wfile.write(block)
+            else:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+        if framing != "length":
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _events(self, seconds: float) -> None:
+        """Server-sent events as EVENT_PLAN says, each chunk flushed as it is written."""
+        self.send_response(200)
+        self.send_header("X-Pod", self.server.pod.name)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        began = time.monotonic()
+        plan = event_plan(seconds)
+        last_write = began
+        sent = 0
+
+        def chunk(data: bytes) -> None:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        while sent < len(plan):
+            now = time.monotonic()
+            due = began + plan[sent]
+            if now >= due:
+                chunk(f"data: {sent} {time.time():.6f}\n\n".encode())
+                sent, last_write = sent + 1, now
+            elif now - last_write >= HEARTBEAT_SECONDS:
+                chunk(b": heartbeat\n\n")
+                last_write = now
+            else:
+                time.sleep(min(0.05, due - now))
+        self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = True
+
+    def _websocket(self) -> None:
+        """The RFC 6455 handshake, then echo text frames until the client closes."""
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        if "websocket" not in self.headers.get("Upgrade", "").lower() or not key:
+            self.send_response(426)  # Upgrade Required: what a WebSocket server says to a GET
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        accept = base64.b64encode(hashlib.sha1((key + WEBSOCKET_GUID).encode()).digest())
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept.decode())
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        pod = self.server.pod
+        with pod._lock:
+            pod.upgrades += 1
+        while True:
+            try:
+                opcode, payload = read_websocket_frame(self.rfile)
+            except (OSError, ConnectionError, ValueError):
+                return
+            if opcode == 8:  # close
+                with contextlib.suppress(OSError):
+                    self.wfile.write(websocket_frame(payload[:2], opcode=8))
+                return
+            if opcode == 9:  # ping
+                self.wfile.write(websocket_frame(payload, opcode=10))
+                continue
+            self.wfile.write(websocket_frame(pod.name.encode() + b" " + payload))
+            self.wfile.flush()
+
 
 class BackendPod:
     """One backend pod: an HTTP server on ip:port inside the namespace (and on ip6:port too,
@@ -131,6 +303,7 @@ class BackendPod:
         self.families: Counter[str] = Counter()  # requests by the address they came to
         self.cookies: list[str] = []
         self.last_request_at = 0.0
+        self.upgrades = 0  # WebSocket handshakes answered 101
         self._servers: list[_Server] = []
 
     def count(self, path: str, cookie: str | None, family: str = "ipv4") -> None:

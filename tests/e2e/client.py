@@ -6,8 +6,13 @@ errors. A new connection per request, as a client pod behind a Service would mos
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import http.client
 import itertools
+import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -15,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from tests.e2e.backends import read_websocket_frame, websocket_frame
 from tests.e2e.netns import Netns
 
 
@@ -264,3 +270,169 @@ def concurrent_load(
         seconds=time.monotonic() - began,
         first_error=firsts[0] if firsts else None,
     )
+
+
+# -- large bodies, WebSockets, event streams ---------------------------------------------------
+@dataclass(frozen=True)
+class Download:
+    """What one download of a large body saw: its length and checksum, never the body."""
+
+    path: str
+    status: int
+    length: int
+    sha256: str
+    cache: str
+    complete: bool  # the framing said the body ended (Content-Length reached, last chunk)
+    error: str | None
+    seconds: float
+
+
+def download(
+    netns: Netns,
+    host: str,
+    port: int,
+    path: str,
+    *,
+    timeout: float = 120,
+    pace: float = 0,
+    headers: Mapping[str, str] | None = None,
+) -> Download:
+    """GET path, hashing the body as it arrives (a new connection, read in 64 KiB pieces).
+    pace: seconds to pause after each piece - a client slower than the backend."""
+
+    def run() -> Download:
+        began = time.monotonic()
+        digest, length, status, cache = hashlib.sha256(), 0, 0, ""
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        try:
+            connection.request("GET", path, headers={"Connection": "close", **(headers or {})})
+            response = connection.getresponse()
+            status, cache = response.status, response.getheader("X-Cache", "")
+            while piece := response.read(65536):
+                digest.update(piece)
+                length += len(piece)
+                if pace:
+                    time.sleep(pace)
+            # A chunked body without its last chunk raises IncompleteRead; a short
+            # Content-Length body just ends (read(n) does not raise): compare.
+            declared = response.getheader("Content-Length")
+            complete = declared is None or int(declared) == length
+            error = None if complete else f"{length} of Content-Length {declared} bytes"
+            return Download(
+                path,
+                status,
+                length,
+                digest.hexdigest(),
+                cache,
+                complete,
+                error,
+                time.monotonic() - began,
+            )
+        except (OSError, http.client.HTTPException) as err:
+            return Download(
+                path,
+                status,
+                length,
+                digest.hexdigest(),
+                cache,
+                False,
+                f"{type(err).__name__}: {err}"[:200],
+                time.monotonic() - began,
+            )
+        finally:
+            connection.close()
+
+    pool = netns.executor(1)
+    try:
+        return pool.submit(run).result(timeout=timeout + 30)
+    finally:
+        pool.shutdown(wait=False)
+
+
+class WebSocket:
+    """A minimal RFC 6455 client: handshake through the cache port, masked text frames."""
+
+    def __init__(
+        self,
+        netns: Netns,
+        host: str,
+        port: int,
+        path: str = "/ws",
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10,
+    ) -> None:
+        self.sock: socket.socket = netns.call(
+            lambda: socket.create_connection((host, port), timeout=timeout)
+        )
+        key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+            ).encode()
+        )
+        self.stream = self.sock.makefile("rb")
+        status_line = self.stream.readline().decode(errors="replace").strip()
+        self.status = int(status_line.split()[1]) if len(status_line.split()) > 1 else 0
+        self.headers: dict[str, str] = {}
+        while line := self.stream.readline().decode(errors="replace").strip():
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+
+    def echo(self, text: str, timeout: float = 10) -> str:
+        """Send one text frame; the backend's answer (`<pod> <text>`)."""
+        self.sock.settimeout(timeout)
+        self.sock.sendall(websocket_frame(text.encode(), mask=True))
+        opcode, payload = read_websocket_frame(self.stream)
+        if opcode != 1:
+            raise ConnectionError(f"opcode {opcode} instead of a text frame")
+        return payload.decode()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+@dataclass(frozen=True)
+class Event:
+    number: int
+    sent: float  # time.time() at the backend
+    received: float  # time.time() at the client
+
+
+def read_events(
+    netns: Netns, host: str, port: int, path: str, *, idle_timeout: float = 90
+) -> tuple[int, dict[str, str], list[Event], int, str | None]:
+    """Read a server-sent event stream to its end: (status, headers, events, heartbeats,
+    error). idle_timeout: the longest silence tolerated before giving up."""
+
+    def run() -> tuple[int, dict[str, str], list[Event], int, str | None]:
+        events: list[Event] = []
+        heartbeats = 0
+        status, headers = 0, {}
+        connection = http.client.HTTPConnection(host, port, timeout=idle_timeout)
+        try:
+            connection.request("GET", path, headers={"Accept": "text/event-stream"})
+            response = connection.getresponse()
+            status = response.status
+            headers = {k.lower(): v for k, v in response.getheaders()}
+            while line := response.readline():
+                text = line.decode(errors="replace").strip()
+                if text.startswith("data: "):
+                    number, sent = text[6:].split()
+                    events.append(Event(int(number), float(sent), time.time()))
+                elif text.startswith(":"):
+                    heartbeats += 1
+            return status, headers, events, heartbeats, None
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            return status, headers, events, heartbeats, f"{type(err).__name__}: {err}"
+        finally:
+            connection.close()
+
+    pool = netns.executor(1)
+    try:
+        return pool.submit(run).result(timeout=600)
+    finally:
+        pool.shutdown(wait=False)

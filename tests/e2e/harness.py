@@ -20,6 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import yaml
+
 from tests import daemons
 from tests.e2e.backends import BackendPod
 from tests.e2e.client import Client
@@ -168,6 +170,7 @@ class PodEnv:
         family: str = "ipv4",
         secrets: Mapping[str, Mapping[str, str]] | None = None,
         pod_name: str = "web-0",
+        memory_limits: bool = False,
     ) -> None:
         with _counter_lock:
             number = next(_counter)
@@ -189,6 +192,7 @@ class PodEnv:
         self.label = label if family == "ipv4" else f"{label}-{family}"
         self.secrets = dict(secrets or {})  # Secrets of namespace shop: name -> key -> value
         self.pod_name = pod_name
+        self.memory_limits = memory_limits  # run containers in memory cgroups of their limit
         self.backends: dict[str, BackendPod] = {}
         self._next_backend = itertools.count(0)
         self.netns: Netns | None = None
@@ -235,7 +239,7 @@ class PodEnv:
         if not self.pod_manifest:
             pod["metadata"]["name"] = self.pod_name
         pod["metadata"]["annotations"] = {**self.annotations, **pod["metadata"]["annotations"]}
-        self.manifest = inject(pod, NAMESPACE, workdir=self.workdir, policy=self.policy)
+        self.manifest = inject(pod, NAMESPACE, workdir=self.workdir, policy=self.policy_text())
         notes = self.manifest["metadata"]["annotations"]
         for key, edit in self.edits.items():
             if edit:  # a scenario that runs a deliberately different config (negative control)
@@ -250,6 +254,7 @@ class PodEnv:
             daemons=self.programs(),
             workdir=self.workdir,
             secrets=self.secrets,
+            memory_limits=self.memory_limits,
         )
         self.client = Client(self.netns, family.pod_ip, LISTEN_PORT)
         if family.pod_ip6:
@@ -277,6 +282,16 @@ class PodEnv:
         if "cache-varnish-exporter" in wanted:
             programs["prometheus_varnish_exporter"] = daemons.require_exporter()
         return programs
+
+    def policy_text(self) -> str | None:
+        """The policy given, with the images of this generation unless it names its own: the
+        injector tunes varnishd's arguments to the image's version (transit_buffer)."""
+        if self.gen.name != "oldest":
+            return self.policy
+        data = yaml.safe_load(self.policy or "") or {}
+        data.setdefault("images", {}).setdefault("varnish", "varnish:7.1")
+        data["images"].setdefault("haproxy", "haproxy:2.6")
+        return yaml.safe_dump(data)
 
     def close(self) -> None:
         steps: list[Callable[[], None]] = []

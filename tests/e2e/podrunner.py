@@ -63,6 +63,18 @@ BACKOFF_MAX_SECONDS = 300.0  # MaxContainerBackOff
 TEARDOWN_GRACE_SECONDS = 10  # close(): the test's own clean-up, not a kubelet behaviour
 
 
+def memory_cgroup_root() -> Path | None:
+    """This process's cgroup v1 memory directory, when the host has one we may write to."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                root = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+                if (root / "memory.limit_in_bytes").exists() and os.access(root, os.W_OK):
+                    return root
+    return None
+
+
 def inject(
     pod: Mapping[str, Any], namespace: str, *, workdir: Path, policy: str | None = None
 ) -> dict[str, Any]:
@@ -152,6 +164,7 @@ class Container:
     read_only_root: bool
     native_sidecar: bool
     pre_stop: Hook | None = None
+    memory_limit: int | None = None  # resources.limits.memory, bytes
 
 
 def _env(
@@ -227,6 +240,7 @@ class PodSpec:
                 for key in ("startupProbe", "readinessProbe")
             }
             pre_stop = (raw.get("lifecycle") or {}).get("preStop")
+            memory = ((raw.get("resources") or {}).get("limits") or {}).get("memory")
             containers.append(
                 Container(
                     name=raw["name"],
@@ -243,6 +257,7 @@ class PodSpec:
                     read_only_root=bool(security.get("readOnlyRootFilesystem")),
                     native_sidecar=native,
                     pre_stop=Hook.parse(pre_stop) if pre_stop else None,
+                    memory_limit=parse_size(str(memory)) if memory else None,
                 )
             )
         # Native sidecars start first, in order; then the regular containers.
@@ -388,6 +403,7 @@ class PodRunner:
         cluster_domain: str = "cluster.local",
         config_maps: Mapping[str, Mapping[str, str]] | None = None,
         secrets: Mapping[str, Mapping[str, str]] | None = None,
+        memory_limits: bool = False,
     ) -> None:
         self.netns = netns
         self.pod_ip = pod_ip
@@ -407,6 +423,17 @@ class PodRunner:
         self._threads: list[threading.Thread] = []
         self._terminated = threading.Event()
         self._probe_pool = netns.executor(2)
+        # memory_limits: each container with resources.limits.memory runs in a memory cgroup
+        # of that limit, as under a runtime (tmpfs emptyDirs are charged to whoever writes
+        # them): over the limit the kernel OOM-kills it, and usage and peak can be read.
+        self.cgroups: dict[str, Path] = {}
+        root = memory_cgroup_root() if memory_limits else None
+        for container in self.spec.containers:
+            if root is not None and container.memory_limit:
+                group = root / f"{workdir.name}-{container.name}"
+                group.mkdir(exist_ok=True)
+                (group / "memory.limit_in_bytes").write_text(str(container.memory_limit))
+                self.cgroups[container.name] = group
         ns = self.spec.namespace
         self.resolv_conf = (
             f"search {ns}.svc.{cluster_domain} svc.{cluster_domain} {cluster_domain}\n"
@@ -547,7 +574,14 @@ class PodRunner:
             script.append("mount -o remount,bind,ro /")
         script.append("cd /")
         script.append('exec "$@"')
+        # In its memory cgroup before anything of the container runs (pid1.py, the runner's
+        # shim, is charged too: a few MiB the real runtime would not count).
+        enter_cgroup: list[str] = []
+        if container.name in self.cgroups:
+            tasks = shlex.quote(str(self.cgroups[container.name] / "tasks"))
+            enter_cgroup = ["sh", "-c", f'echo $$ > {tasks} && exec "$@"', "cgroup"]
         return [
+            *enter_cgroup,
             "nsenter",
             f"--target={self.pause.pid}",
             "--mount",
@@ -980,6 +1014,19 @@ class PodRunner:
             "pid": status["NSpid"].split()[-1],  # as the container sees it
         }
 
+    def memory(self, container: str) -> tuple[int, int, int] | None:
+        """(usage, peak, limit) in bytes of the container's memory cgroup, if it has one."""
+        group = self.cgroups.get(container)
+        if group is None:
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            return (
+                int((group / "memory.usage_in_bytes").read_text()),
+                int((group / "memory.max_usage_in_bytes").read_text()),
+                int((group / "memory.limit_in_bytes").read_text()),
+            )
+        return None
+
     def exec(self, container: str, command: list[str], *, timeout: float = 20) -> str:
         """Run a command in a running container (as `kubectl exec`): its stdout."""
         argv = self._exec_argv(self.states[container], tuple(command))
@@ -1020,6 +1067,9 @@ class PodRunner:
         if self.pause is not None:
             stop_group(self.pause, grace=2)
         self._probe_pool.shutdown(wait=False, cancel_futures=True)
+        for group in self.cgroups.values():  # empty now; charges move to the parent
+            with contextlib.suppress(OSError):
+                group.rmdir()
 
 
 def child_pid(pid: int, timeout: float = 10) -> int:

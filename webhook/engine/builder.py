@@ -156,11 +156,30 @@ def varnish_hash_buckets(cache_size: int) -> int:
     return max(1024, cache_size // (32 * values.KIB))
 
 
+# Bytes a passed (uncacheable) response may run ahead of its slowest client. Without a cap a
+# backend faster than its clients fills Transient: 6 concurrent 48 MiB passes through a
+# 64 MiB Transient got one 503 (Content-Length) or six truncated bodies (chunked); with 1 MiB
+# all six arrived whole and cache-varnish peaked at 115 MiB instead of 191 MiB (e2e, 8.0).
+TRANSIT_BUFFER = "1M"
+
+
+def has_transit_buffer(image: str) -> bool:
+    """Does this Varnish image know transit_buffer? Not 7.1 and older (Debian 12's): an image
+    whose tag names such a version; any other tag (8.0, latest, a digest) is taken to."""
+    name = image.rsplit("/", 1)[-1].split("@", 1)[0]
+    tag = name.partition(":")[2]
+    parts = tag.split(".")
+    if len(parts) < 2 or not parts[0].isdigit() or not parts[1][:1].isdigit():
+        return True
+    minor = int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    return (int(parts[0]), minor) >= (7, 2)
+
+
 def varnish_args(options: Options, policy: Policy) -> list[str]:
     """varnishd's arguments: storage sizes and the parameters our measurements call for."""
     cache_mib = max(1, options.cache_size // values.MIB)
     transient_mib = max(1, policy.transient_size // values.MIB)
-    return [
+    args = [
         "-F",
         "-n",
         names.VARNISH_WORKDIR,
@@ -184,6 +203,10 @@ def varnish_args(options: Options, policy: Policy) -> list[str]:
         # objects arriving into a cache of small ones got 503s; 10000 left none.
         "-p",
         "nuke_limit=10000",
+        # An idle piped connection (WebSocket) is closed after this long (default 60 s);
+        # HAProxy's `timeout tunnel` is the same.
+        "-p",
+        f"pipe_timeout={options.tunnel_timeout}",
         # Varnish 8.0 otherwise ignores SIGTERM for ~60 s after concurrent traffic (idle
         # workers keep VCL references until 60 s after their last task), holding pod
         # deletion until SIGKILL. Its cost on HITs is below the noise (bench/datapath).
@@ -201,6 +224,9 @@ def varnish_args(options: Options, policy: Policy) -> list[str]:
         "-p",
         f"backend_idle_timeout={names.VARNISH_BACKEND_IDLE_SECONDS}",
     ]
+    if has_transit_buffer(policy.model.images.varnish):
+        args += ["-p", f"transit_buffer={TRANSIT_BUFFER}"]
+    return args
 
 
 def build_varnish(options: Options, policy: Policy) -> JsonDict:

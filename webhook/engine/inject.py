@@ -178,7 +178,12 @@ def inject_pod(
         warnings += [memory_warning] if memory_warning else []
     warnings += _grace_warning(pod, options)
 
-    target = Target(namespace, policy.model.cluster_domain, policy.model.sticky_session_secret)
+    target = Target(
+        namespace,
+        policy.model.cluster_domain,
+        policy.model.sticky_session_secret,
+        builder.has_transit_buffer(policy.model.images.varnish),
+    )
     configs = render_configs(options, target, templates)
     written = {names.ANNOTATION_HAPROXY_CFG: configs.haproxy_cfg}
     if configs.vcl is not None:

@@ -136,7 +136,7 @@ class OptionSpec:
     default: str | None  # built-in default, as an annotation string; None = unset
     accepted: str  # what is accepted, in the words of an error message
     doc: str  # one line: what it does
-    low: int | None = None  # bounds for int kinds
+    low: int | None = None  # bounds for int kinds (durations: seconds)
     high: int | None = None
     # Derived once: read on every review.
     suffix: str = field(init=False)
@@ -246,6 +246,38 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "1 s longer, as it would otherwise stop at once).",
         low=0,
         high=300,
+    ),
+    OptionSpec(
+        "max_object_size",
+        "object_size",
+        "10%",
+        "a percentage of cache-size from 1% to 100% such as 10%, or a Kubernetes memory "
+        "quantity of at least 1Ki such as 4Mi",
+        "Largest response that is cached; a larger one (by its Content-Length) is passed: "
+        "streamed to the client whole, never stored, so one big download cannot evict the "
+        "working set. Responses without Content-Length (chunked) are passed too.",
+    ),
+    OptionSpec(
+        "tunnel_timeout",
+        "duration",
+        "1h",
+        "a duration from 1s to 24d (HAProxy's largest timeout): an integer with unit s, m, "
+        "h or d, such as 1h or 30m",
+        "How long an idle WebSocket (or other upgraded) connection stays open: HAProxy's "
+        "timeout tunnel and varnishd's pipe_timeout.",
+        low=1,
+        high=24 * 86400,
+    ),
+    OptionSpec(
+        "ignore_cookies",
+        "cookie_names",
+        None,
+        "comma-separated cookie names (letters, digits, '_', '.', '-'; at most 32), each "
+        "optionally ending in * to name every cookie that starts with it, such as "
+        "_ga,_ga_*,_gid",
+        "Cookies that do not change a response (analytics, consent banners): removed from "
+        "requests before the cache lookup, so a request carrying only these is served from "
+        "cache. Unset: any cookie passes the request to the backend.",
     ),
     OptionSpec(
         "vcl_configmap",

@@ -40,6 +40,9 @@ class Options:
     listen_port: int
     sticky_sessions: bool
     drain_seconds: int
+    max_object_size: values.ObjectSize
+    tunnel_timeout: int
+    ignore_cookies: tuple[str, ...] | None
     vcl_configmap: str | None
     access_log: bool
     metrics: bool

@@ -288,7 +288,10 @@ class PolicyModel(StrictModel):
         description="requests/limits of each sidecar (see SidecarResources).",
     )
     transient_size: StrictStr = Field(
-        "64Mi", description="Cap of Varnish's Transient storage (short-lived and uncached objects)."
+        "64Mi",
+        description="Cap of Varnish's Transient storage: short-lived objects, and every passed "
+        "response streams through it (too large, unsized, uncacheable; on Varnish 8.0 at most "
+        "1 MiB ahead of each client).",
     )
     sticky_session_secret: StrictStr = Field(
         "",

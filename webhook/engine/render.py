@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 
 from .. import __version__
-from . import names
+from . import names, values
 from .memo import BoundedMemo
 from .options import Options
 
@@ -62,6 +62,7 @@ class Target:
     namespace: str
     cluster_domain: str
     sticky_secret: str
+    transit_buffer: bool = True  # the Varnish image has transit_buffer (newer than 7.1)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,13 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "sticky_cookie": names.STICKY_COOKIE,
         "cookie_key": cookie_key(fqdn, target.sticky_secret),
         "default_ttl": options.default_ttl,
+        "transit_buffer": target.transit_buffer,
+        "max_object_bytes": options.max_object_size.bytes_for(options.cache_size),
+        "tunnel_timeout": options.tunnel_timeout,
+        "ignore_cookies": ",".join(options.ignore_cookies or ()),
+        "ignore_cookies_regex": (
+            values.cookie_names_regex(options.ignore_cookies) if options.ignore_cookies else ""
+        ),
         "grace": options.grace,
         "local_port": names.HAPROXY_LOCAL_PORT,
         "metrics_port": names.HAPROXY_METRICS_PORT,

@@ -187,6 +187,66 @@ def parse_backend(text: str) -> Backend:
     return Backend(service, namespace or None, port)
 
 
+@dataclass(frozen=True)
+class ObjectSize:
+    """The largest object the cache stores: a size, or a percentage of the cache size."""
+
+    size: int | None = None
+    percent: int | None = None
+
+    def bytes_for(self, cache_size: int) -> int:
+        """The limit in bytes for a cache of cache_size bytes."""
+        if self.percent is not None:
+            return cache_size * self.percent // 100
+        assert self.size is not None
+        return self.size
+
+    def __str__(self) -> str:
+        if self.percent is not None:
+            return f"{self.percent}%"
+        return format_quantity(int(self.size or 0))
+
+
+def parse_object_size(text: str) -> ObjectSize:
+    """A percentage of cache-size from 1% to 100% (such as 10%), or a quantity of at least 1Ki."""
+    match = re.fullmatch(r"([1-9][0-9]{0,2})%", text)
+    if match:
+        percent = int(match.group(1))
+        if percent > 100:
+            raise ValueError("")
+        return ObjectSize(percent=percent)
+    size = parse_size(text)
+    if size < KIB:
+        raise ValueError("")
+    return ObjectSize(size=size)
+
+
+# A cookie name (RFC 6265 token, restricted to characters safe in a VCL regex once "." is
+# escaped), optionally ending in "*" to name every cookie starting with the rest.
+_COOKIE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\*?$|^[A-Za-z0-9_.-]{0,63}\*$")
+MAX_COOKIE_NAMES = 32
+
+
+def parse_cookie_names(text: str) -> tuple[str, ...]:
+    """Comma-separated cookie names, each optionally ending in * (a prefix); at most 32."""
+    names = tuple(part.strip() for part in text.split(","))
+    if not names or len(names) > MAX_COOKIE_NAMES:
+        raise ValueError("")
+    for name in names:
+        if not _COOKIE_NAME.match(name) or name == "*":
+            raise ValueError("")
+    return names
+
+
+def cookie_names_regex(names: tuple[str, ...]) -> str:
+    """A VCL regex matching any of the names as a whole cookie name: (_ga|_gid|_ga_[^=;]*)."""
+    parts = [
+        name[:-1].replace(".", "\\.") + "[^=;]*" if name.endswith("*") else name.replace(".", "\\.")
+        for name in names
+    ]
+    return "(" + "|".join(parts) + ")"
+
+
 def parse_option_value(kind: str, text: str, low: int | None, high: int | None) -> object:
     """Parse one option value by the kind named in the annotation table (names.OPTIONS)."""
     if kind == "backend":
@@ -203,9 +263,16 @@ def parse_option_value(kind: str, text: str, low: int | None, high: int | None) 
     if kind == "quantity":
         return parse_size(text)
     if kind == "duration":
-        return parse_duration(text)
+        seconds = parse_duration(text)
+        if (low is not None and seconds < low) or (high is not None and seconds > high):
+            raise ValueError("")
+        return seconds
     if kind == "path":
         return parse_http_path(text)
     if kind == "dns_subdomain":
         return parse_dns_subdomain(text)
+    if kind == "object_size":
+        return parse_object_size(text)
+    if kind == "cookie_names":
+        return parse_cookie_names(text)
     raise AssertionError(f"unknown option kind {kind}")

@@ -62,6 +62,7 @@ sub cache_injector_ban {
 sub vcl_recv {
     if (req.restarts == 0) {
         unset req.http.X-Cache-Stale-If-Error;
+        unset req.http.X-Cache-Pipe;
     }
     if (req.url == "/.cache/ready") {
         return (synth(200, "Ready"));
@@ -95,6 +96,19 @@ sub vcl_recv {
             }
         }
     }
+    if (req.http.Cookie) {
+        set req.http.Cookie = regsuball(req.http.Cookie, "(^|;\s*)(_ga|_ga_[^=;]*|_gid)=[^;]*", "");
+        set req.http.Cookie = regsub(req.http.Cookie, "^;\s*", "");
+        if (req.http.Cookie ~ "^\s*$") {
+            unset req.http.Cookie;
+        }
+    }
+    if (req.http.Upgrade && req.http.Upgrade !~ "(?i)^h2c$") {
+        return (pipe);
+    }
+    if (req.http.Accept ~ "(?i)text/event-stream") {
+        return (pass);
+    }
     if (req.http.X-Cache-Stale-If-Error == "retry") {
         set req.grace = 3600s;
     } else if (std.healthy(req.backend_hint)) {
@@ -110,6 +124,23 @@ sub vcl_miss {
 
 sub vcl_pass {
     set req.http.X-Cache-Stale-If-Error = "pass";
+}
+
+sub vcl_pipe {
+    unset bereq.http.X-Cache-Stale-If-Error;
+    unset bereq.http.X-Cache-Pipe;
+    if (req.http.Upgrade) {
+        set bereq.http.Upgrade = req.http.Upgrade;
+        set bereq.http.Connection = req.http.Connection;
+    }
+    if (bereq.http.X-Cache-Sticky) {
+        if (bereq.http.Cookie) {
+            set bereq.http.Cookie = bereq.http.Cookie + "; " + bereq.http.X-Cache-Sticky;
+        } else {
+            set bereq.http.Cookie = bereq.http.X-Cache-Sticky;
+        }
+    }
+    unset bereq.http.X-Cache-Sticky;
 }
 
 sub vcl_backend_fetch {
@@ -134,7 +165,15 @@ sub vcl_backend_response {
     set beresp.grace = 3600s;
     set beresp.http.X-Cache-Url = bereq.url;
     set beresp.http.X-Cache-Host = bereq.http.Host;
-    if (!bereq.uncacheable && beresp.ttl > 0s
+    if (!bereq.uncacheable && beresp.status != 304 && beresp.status != 204) {
+        if (beresp.http.Content-Type ~ "(?i)^text/event-stream"
+            || !beresp.http.Content-Length
+            || std.integer(beresp.http.Content-Length, 0) > 8388608) {
+            set beresp.uncacheable = true;
+            set beresp.ttl = 120s;
+        }
+    }
+    if (!bereq.uncacheable && !beresp.uncacheable && beresp.ttl > 0s
         && beresp.http.Set-Cookie ~ "^CACHESRV="
         && beresp.http.Cache-Control !~ "(?i)(no-cache|no-store|private)") {
         unset beresp.http.Set-Cookie;

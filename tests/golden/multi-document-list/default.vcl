@@ -62,6 +62,7 @@ sub cache_injector_ban {
 sub vcl_recv {
     if (req.restarts == 0) {
         unset req.http.X-Cache-Stale-If-Error;
+        unset req.http.X-Cache-Pipe;
     }
     if (req.url == "/.cache/ready") {
         return (synth(200, "Ready"));
@@ -84,6 +85,12 @@ sub vcl_recv {
         }
         return (synth(405, "Use PURGE, BAN, POST /.cache/purge or POST /.cache/ban"));
     }
+    if (req.http.Upgrade && req.http.Upgrade !~ "(?i)^h2c$") {
+        return (pipe);
+    }
+    if (req.http.Accept ~ "(?i)text/event-stream") {
+        return (pass);
+    }
     if (req.http.X-Cache-Stale-If-Error == "retry") {
         set req.grace = 21600s;
     } else if (std.healthy(req.backend_hint)) {
@@ -101,6 +108,15 @@ sub vcl_pass {
     set req.http.X-Cache-Stale-If-Error = "pass";
 }
 
+sub vcl_pipe {
+    unset bereq.http.X-Cache-Stale-If-Error;
+    unset bereq.http.X-Cache-Pipe;
+    if (req.http.Upgrade) {
+        set bereq.http.Upgrade = req.http.Upgrade;
+        set bereq.http.Connection = req.http.Connection;
+    }
+}
+
 sub vcl_backend_fetch {
     unset bereq.http.X-Cache-Stale-If-Error;
 }
@@ -115,6 +131,14 @@ sub vcl_backend_response {
     set beresp.grace = 21600s;
     set beresp.http.X-Cache-Url = bereq.url;
     set beresp.http.X-Cache-Host = bereq.http.Host;
+    if (!bereq.uncacheable && beresp.status != 304 && beresp.status != 204) {
+        if (beresp.http.Content-Type ~ "(?i)^text/event-stream"
+            || !beresp.http.Content-Length
+            || std.integer(beresp.http.Content-Length, 0) > 13421772) {
+            set beresp.uncacheable = true;
+            set beresp.ttl = 120s;
+        }
+    }
 }
 
 sub vcl_backend_error {
