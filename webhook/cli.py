@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -113,6 +113,37 @@ def evaluate(
         yield Result(workload, where, outcome)
 
 
+def evaluate_file(
+    path: str,
+    *,
+    policy_path: str | None,
+    namespace: str | None,
+    namespace_labels: str | None,
+    revision: str,
+) -> tuple[list[Document], Iterator[Result]]:
+    """What inject and explain both start with: read the manifests and the context to judge
+    them in (exit 2 on bad input), and evaluate them; the documents are for writing back."""
+    text = read_input(path)
+    policy, templates, labels = (
+        read_policy(policy_path),
+        load_templates(),
+        parse_labels(namespace_labels),
+    )
+    try:
+        documents = split_documents(text)
+    except CacheInjectorError as err:
+        fail(f"{path}: {err}")
+    results = evaluate(
+        documents,
+        policy=policy,
+        templates=templates,
+        namespace=namespace,
+        namespace_labels=labels,
+        revision=check_revision(revision),
+    )
+    return documents, results
+
+
 def error_lines(error: CacheInjectorError) -> list[str]:
     if isinstance(error, InvalidOptions):
         return [str(problem) for problem in error.problems]
@@ -123,35 +154,62 @@ def prefix(path: str, workload: Workload) -> str:
     return f"{path}: doc {workload.document.number} ({workload.title})"
 
 
-def shared_options(command: Any) -> Any:
-    for option in reversed(
-        [
-            click.option(
-                "-f", "--filename", "path", required=True, help="Manifest file, or - for stdin."
-            ),
-            click.option(
-                "--policy", "policy_path", help="Cluster policy file (default: the embedded one)."
-            ),
-            click.option(
-                "--namespace",
-                help="Namespace of objects that name none (the webhook uses the request's).",
-            ),
-            click.option(
-                "--namespace-labels",
-                help="Labels of that namespace, to simulate a labelled one: "
-                f"{names.LABEL_INJECT}={names.LABEL_ENABLED}",
-            ),
-            click.option(
-                "--revision",
-                default=names.DEFAULT_REVISION,
-                show_default=True,
-                help="Act as the injector of this revision (namespaces pick one with "
-                f"{names.LABEL_REV}).",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
+Decorator = Callable[[Any], Any]
+
+
+def option_set(*options: Decorator) -> Decorator:
+    """Several click options as one decorator (listed by --help in the order given), so
+    commands that take the same options declare them once."""
+
+    def apply(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+def seconds_option(flag: str, default: float, low: float, high: float, help: str) -> Decorator:
+    """A duration in seconds: a float in [low, high], its default shown by --help."""
+    return click.option(
+        flag, default=default, show_default=True, type=click.FloatRange(low, high), help=help
+    )
+
+
+output_option = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+
+# What inject and explain read: the manifest, and the context the webhook would judge it in.
+shared_options = option_set(
+    click.option("-f", "--filename", "path", required=True, help="Manifest file, or - for stdin."),
+    click.option(
+        "--policy", "policy_path", help="Cluster policy file (default: the embedded one)."
+    ),
+    click.option(
+        "--namespace",
+        help="Namespace of objects that name none (the webhook uses the request's).",
+    ),
+    click.option(
+        "--namespace-labels",
+        help="Labels of that namespace, to simulate a labelled one: "
+        f"{names.LABEL_INJECT}={names.LABEL_ENABLED}",
+    ),
+    click.option(
+        "--revision",
+        default=names.DEFAULT_REVISION,
+        show_default=True,
+        help=f"Act as the injector of this revision (namespaces pick one with {names.LABEL_REV}).",
+    ),
+)
+
+# How purge and audit reach the API server.
+cluster_options = option_set(
+    click.option(
+        "--kubeconfig",
+        help="Kubeconfig file (default: KUBECONFIG, ~/.kube/config, "
+        "else the in-cluster ServiceAccount).",
+    ),
+    click.option("--context", help="Kubeconfig context."),
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -170,25 +228,15 @@ def inject(
     revision: str,
 ) -> None:
     """Write the manifests with the cache injected into every selected pod template."""
-    text = read_input(path)
-    policy, templates, labels = (
-        read_policy(policy_path),
-        load_templates(),
-        parse_labels(namespace_labels),
-    )
-    try:
-        documents = split_documents(text)
-    except CacheInjectorError as err:
-        fail(f"{path}: {err}")
-    errors: list[str] = []
-    for result in evaluate(
-        documents,
-        policy=policy,
-        templates=templates,
+    documents, results = evaluate_file(
+        path,
+        policy_path=policy_path,
         namespace=namespace,
-        namespace_labels=labels,
-        revision=check_revision(revision),
-    ):
+        namespace_labels=namespace_labels,
+        revision=revision,
+    )
+    errors: list[str] = []
+    for result in results:
         where = prefix(path, result.workload)
         for warning in result.outcome.warnings:
             click.echo(f"{where}: warning: {warning}", err=True)
@@ -338,7 +386,7 @@ def images_line(images: Mapping[str, Any]) -> str:
 
 @main.command()
 @shared_options
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@output_option
 def explain(
     path: str,
     policy_path: str | None,
@@ -351,27 +399,14 @@ def explain(
 
     Exits 1 when a workload would be denied, so CI can run it on manifests.
     """
-    text = read_input(path)
-    policy, templates, labels = (
-        read_policy(policy_path),
-        load_templates(),
-        parse_labels(namespace_labels),
+    _, results = evaluate_file(
+        path,
+        policy_path=policy_path,
+        namespace=namespace,
+        namespace_labels=namespace_labels,
+        revision=revision,
     )
-    try:
-        documents = split_documents(text)
-    except CacheInjectorError as err:
-        fail(f"{path}: {err}")
-    records = [
-        explain_record(path, result)
-        for result in evaluate(
-            documents,
-            policy=policy,
-            templates=templates,
-            namespace=namespace,
-            namespace_labels=labels,
-            revision=check_revision(revision),
-        )
-    ]
+    records = [explain_record(path, result) for result in results]
     if output == "json":
         click.echo(json.dumps(records, indent=2))
     else:
@@ -442,12 +477,8 @@ def policy_summary(checked: Policy) -> str:
     "--policy", "policy_path", help="Cluster policy file, re-read on change (default: embedded)."
 )
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
-@click.option(
-    "--watch-interval",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(0.05, 60),
-    help="Seconds between looks at the certificate and policy files.",
+@seconds_option(
+    "--watch-interval", 1.0, 0.05, 60, "Seconds between looks at the certificate and policy files."
 )
 @click.option(
     "--shutdown-timeout",
@@ -456,28 +487,15 @@ def policy_summary(checked: Policy) -> str:
     type=click.IntRange(1, 600),
     help="Seconds in-flight reviews get to finish after SIGTERM.",
 )
-@click.option(
-    "--drain-seconds",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(0, 300),
-    help="After SIGTERM: seconds to keep serving, not ready, closing each connection after "
-    "its next answer, before the graceful shutdown (0: none; SIGINT never drains).",
-)
-@click.option(
-    "--header-timeout",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(0.1, 60),
-    help="Seconds a client gets, from connecting or a request's first byte, to send all its "
-    "request headers; then the connection is closed.",
-)
-@click.option(
-    "--handshake-timeout",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(0.1, 60),
-    help="Seconds a client gets to complete its TLS handshake.",
+@seconds_option("--drain-seconds", 5.0, 0, 300,
+                "After SIGTERM: seconds to keep serving, not ready, closing each connection "
+                "after its next answer, before the graceful shutdown (0: none; SIGINT never "
+                "drains).")  # fmt: skip
+@seconds_option("--header-timeout", 5.0, 0.1, 60,
+                "Seconds a client gets, from connecting or a request's first byte, to send all "
+                "its request headers; then the connection is closed.")  # fmt: skip
+@seconds_option(
+    "--handshake-timeout", 5.0, 0.1, 60, "Seconds a client gets to complete its TLS handshake."
 )
 @click.option(
     "--max-connections",
@@ -486,12 +504,8 @@ def policy_summary(checked: Policy) -> str:
     type=click.IntRange(16, 1_000_000),
     help="Connections per worker; beyond it the longest-waiting idle one is closed.",
 )
-@click.option(
-    "--body-timeout",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(0.1, 60),
-    help="Seconds a client gets to send a request body before a 408.",
+@seconds_option(
+    "--body-timeout", 10.0, 0.1, 60, "Seconds a client gets to send a request body before a 408."
 )
 @click.option(
     "--log-level",
@@ -563,24 +577,9 @@ def serve(
     )
 
 
-def cluster_options(command: Any) -> Any:
-    for option in reversed(
-        [
-            click.option(
-                "--kubeconfig",
-                help="Kubeconfig file (default: KUBECONFIG, ~/.kube/config, "
-                "else the in-cluster ServiceAccount).",
-            ),
-            click.option("--context", help="Kubeconfig context."),
-            click.option("-n", "--namespace", default="default", show_default=True),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
 @main.command()
 @cluster_options
+@click.option("-n", "--namespace", default="default", show_default=True)
 @click.option("-l", "--selector", help="Label selector of the pods (as kubectl -l).")
 @click.option("--deployment", help="The pods of this Deployment (its spec.selector).")
 @click.option("--service", help="The pods behind this Service (its spec.selector).")
@@ -607,11 +606,10 @@ def cluster_options(command: Any) -> Any:
     help=f"File holding the token (default: Secret {names.PURGE_SECRET}, key "
     f"{names.PURGE_SECRET_KEY}, of the namespace).",
 )
-@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.1, 120),
-              help="Seconds per attempt.")  # fmt: skip
+@seconds_option("--timeout", 5.0, 0.1, 120, "Seconds per attempt.")
 @click.option("--retries", default=2, show_default=True, type=click.IntRange(0, 10))
 @click.option("--concurrency", default=10, show_default=True, type=click.IntRange(1, 200))
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@output_option
 def purge(
     *,
     kubeconfig: str | None,
@@ -714,9 +712,7 @@ def purge_table(results: Any) -> str:
 
 
 @main.command()
-@click.option("--kubeconfig", help="Kubeconfig file (default: KUBECONFIG, ~/.kube/config, "
-              "else the in-cluster ServiceAccount).")  # fmt: skip
-@click.option("--context", help="Kubeconfig context.")
+@cluster_options
 @click.option("-n", "--namespace", help="Only this namespace (default: every namespace).")
 @click.option(
     "--policy", "policy_path", help="The cluster policy the injector runs (default: embedded)."
@@ -728,12 +724,11 @@ def purge_table(results: Any) -> str:
     help="The injector revision the policy belongs to; other revisions' pods are left to "
     "their own audit (but a pod of a revision no longer installed is reported).",
 )
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@output_option
 @click.option("--restart", is_flag=True, help="Roll the owners of the pods found (restartedAt).")
 @click.option("--max-restarts", default=1, show_default=True, type=click.IntRange(1, 50),
               help="Owners rolled at once; the next ones wait for their rollouts.")  # fmt: skip
-@click.option("--rollout-timeout", default=600.0, show_default=True,
-              type=click.FloatRange(1, 7200), help="Seconds to wait for each rollout.")  # fmt: skip
+@seconds_option("--rollout-timeout", 600.0, 1, 7200, "Seconds to wait for each rollout.")
 def audit(
     *,
     kubeconfig: str | None,
