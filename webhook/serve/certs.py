@@ -57,20 +57,30 @@ class Authority:
     key: ec.EllipticCurvePrivateKey
 
 
-def new_authority(common_name: str, days: int) -> Authority:
-    key = ec.generate_private_key(ec.SECP256R1())
+def _builder(
+    common_name: str,
+    issuer: x509.Name | None,
+    public: ec.EllipticCurvePublicKey,
+    days: int,
+    *,
+    authority: bool,
+) -> x509.CertificateBuilder:
+    """What the CA and the serving certificate share: subject, issuer (None: self-signed),
+    validity from BACKDATE ago, and the constraints and key usage of a CA or a leaf."""
     now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    public = key.public_key()
-    certificate = (
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
-        .issuer_name(name)
+        .issuer_name(name if issuer is None else issuer)
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.BasicConstraints(ca=authority, path_length=0 if authority else None),
+            critical=True,
+        )
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -78,15 +88,21 @@ def new_authority(common_name: str, days: int) -> Authority:
                 key_encipherment=False,
                 data_encipherment=False,
                 key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
+                key_cert_sign=authority,
+                crl_sign=authority,
                 encipher_only=False,
                 decipher_only=False,
             ),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .sign(key, hashes.SHA256())
+    )
+
+
+def new_authority(common_name: str, days: int) -> Authority:
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = _builder(common_name, None, key.public_key(), days, authority=True).sign(
+        key, hashes.SHA256()
     )
     return Authority(certificate, key)
 
@@ -104,37 +120,16 @@ def issue_serving(
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A serving certificate (serverAuth) for `hosts`, signed by the authority."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
     ca_public = authority.certificate.public_key()
     assert isinstance(ca_public, ec.EllipticCurvePublicKey)
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(authority.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + datetime.timedelta(days=days))
+        _builder(
+            common_name, authority.certificate.subject, key.public_key(), days, authority=False
+        )
         .add_extension(
             x509.SubjectAlternativeName([_general_name(host) for host in hosts]), critical=False
         )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), critical=False
         )
