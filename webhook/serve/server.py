@@ -123,6 +123,17 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+_RELOADS = {"policy": metrics.POLICY_RELOADS, "certificate": metrics.CERTIFICATE_RELOADS}
+
+
+def _reloaded(what: str, result: str, message: str, **fields: Any) -> None:
+    """Count a reload of `what` and log it (ERROR when rejected): one shape for both files,
+    so their metrics and log lines read alike."""
+    _RELOADS[what].labels(result=result).inc()
+    level = logging.ERROR if result == "error" else logging.INFO
+    logs.event(message, level, event=f"{what}_reload", result=result, **fields)
+
+
 class Runtime:
     """One process's state: the Admission for the current policy, the serving certificate,
     the file watches."""
@@ -157,23 +168,20 @@ class Runtime:
         try:
             policy = read_policy(self.settings.policy)
         except InvalidPolicy as err:
-            metrics.POLICY_RELOADS.labels(result="error").inc()
-            logs.event(
+            _reloaded(
+                "policy",
+                "error",
                 "policy reload rejected; the last good policy stays in force",
-                logging.ERROR,
-                event="policy_reload",
-                result="error",
                 path=str(self.settings.policy),
                 problems=list(err.problems),
                 digest=old.digest,
             )
             return
         self.admission = Admission(policy, self.admission.templates, self.settings.revision)
-        metrics.POLICY_RELOADS.labels(result="success").inc()
-        logs.event(
+        _reloaded(
+            "policy",
+            "success",
             "policy reloaded",
-            event="policy_reload",
-            result="success",
             path=str(self.settings.policy),
             digest=policy.digest,
             previous=old.digest,
@@ -185,22 +193,19 @@ class Runtime:
         try:
             pair = self.certificate.reload()
         except InvalidCertificate as err:
-            metrics.CERTIFICATE_RELOADS.labels(result="error").inc()
-            logs.event(
+            _reloaded(
+                "certificate",
+                "error",
                 "certificate reload rejected; the current certificate keeps serving",
-                logging.ERROR,
-                event="certificate_reload",
-                result="error",
                 error=err.reason,
                 serial=old.serial_hex,
             )
             return
-        metrics.CERTIFICATE_RELOADS.labels(result="success").inc()
         metrics.CERTIFICATE_EXPIRY.set(pair.not_after.timestamp())
-        logs.event(
+        _reloaded(
+            "certificate",
+            "success",
             "certificate reloaded",
-            event="certificate_reload",
-            result="success",
             serial=pair.serial_hex,
             previous=old.serial_hex,
             notAfter=pair.not_after.isoformat(),
