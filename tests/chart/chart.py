@@ -242,6 +242,19 @@ def render(
 # --- custom resources ---------------------------------------------------------------------
 
 
+def render_upgrade(apiserver_url: str, values: Mapping[str, Any] | None = None) -> Rendered:
+    """Render like `helm upgrade` against the API server at `apiserver_url` (a fake one):
+    `lookup` sees what it holds, as on a real upgrade."""
+    config = helm_python.Config(kube_apiserver=apiserver_url, namespace=NAMESPACE)
+    try:
+        files = config.render(
+            chart(), dict(values or {}), name=RELEASE, namespace=NAMESPACE, is_upgrade=True
+        )
+    finally:
+        config.close()
+    return parse_manifests(files)
+
+
 def _close(node: Any) -> Any:
     """Every object schema with properties also forbids other keys, as a CRD's structural
     schema does for the API server's pruning (pruned keys would be lost silently)."""

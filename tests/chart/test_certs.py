@@ -7,7 +7,6 @@ import base64
 import datetime
 from typing import Any
 
-import helm_python
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -16,13 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.chart.chart import (
     FULLNAME,
     NAMESPACE,
-    RELEASE,
     Rendered,
-    chart,
     example_ca,
     existing_certs,
-    parse_manifests,
     render,
+    render_upgrade,
 )
 from tests.chart.fake_apiserver import FakeApiServer
 
@@ -121,23 +118,12 @@ def test_without_cluster_access_every_render_makes_a_new_ca() -> None:
     )
 
 
-def _render_against(api: FakeApiServer, values: dict[str, Any] | None = None) -> Rendered:
-    config = helm_python.Config(kube_apiserver=api.url, namespace=NAMESPACE)
-    try:
-        files = config.render(
-            chart(), values or {}, name=RELEASE, namespace=NAMESPACE, is_upgrade=True
-        )
-    finally:
-        config.close()
-    return parse_manifests(files)
-
-
 def test_helm_mode_keeps_the_ca_across_upgrades() -> None:
     with FakeApiServer().running() as api:
         installed = render()
         secret = installed.get("Secret", SECRET)
         api.secrets[(NAMESPACE, SECRET)] = secret
-        upgraded = _render_against(api)
+        upgraded = render_upgrade(api.url)
         assert any(
             path.startswith(f"/api/v1/namespaces/{NAMESPACE}/secrets/{SECRET}")
             for path in api.requests
@@ -160,7 +146,7 @@ def test_helm_mode_regenerates_an_incomplete_secret(missing: str | None) -> None
         if missing:
             del secret["data"][missing]
             api.secrets[(NAMESPACE, SECRET)] = secret
-        upgraded = _render_against(api)
+        upgraded = render_upgrade(api.url)
     data = upgraded.get("Secret", SECRET)["data"]
     assert data["tls.crt"] != secret["data"]["tls.crt"]
     check_serving_certificate(data, SERVICE_NAMES)
@@ -169,8 +155,8 @@ def test_helm_mode_regenerates_an_incomplete_secret(missing: str | None) -> None
 
 def test_other_modes_never_look_up_the_secret() -> None:
     with FakeApiServer().running() as api:
-        _render_against(api, {"certs": {"mode": "cert-manager"}})
-        _render_against(api, {"certs": existing_certs()})
+        render_upgrade(api.url, {"certs": {"mode": "cert-manager"}})
+        render_upgrade(api.url, {"certs": existing_certs()})
     # (The sticky-session Secret is looked up in every mode: test_sticky_session.py.)
     assert not any(f"/secrets/{SECRET}" in path for path in api.requests)
 

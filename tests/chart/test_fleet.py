@@ -12,7 +12,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart.chart import FULLNAME, NAMESPACE, RELEASE, Rendered, chart, parse_manifests, render
+from tests.chart.chart import (
+    FULLNAME,
+    NAMESPACE,
+    Rendered,
+    render,
+    render_upgrade,
+)
 from tests.chart.fake_apiserver import FakeApiServer
 from webhook.serve.server import STICKY_SESSION_SECRET_ENV
 
@@ -37,17 +43,6 @@ def checksum(rendered: Rendered) -> str:
     return value
 
 
-def upgrade(api: FakeApiServer, values: dict[str, Any] | None = None) -> Rendered:
-    config = helm_python.Config(kube_apiserver=api.url, namespace=NAMESPACE)
-    try:
-        files = config.render(
-            chart(), values or {}, name=RELEASE, namespace=NAMESPACE, is_upgrade=True
-        )
-    finally:
-        config.close()
-    return parse_manifests(files)
-
-
 # --- sticky-session secret ---------------------------------------------------------------
 
 
@@ -67,7 +62,7 @@ def test_the_secret_is_kept_across_upgrades() -> None:
     installed = render()
     with FakeApiServer().running() as api:
         api.secrets[(NAMESPACE, STICKY)] = installed.get("Secret", STICKY)
-        upgraded = upgrade(api)
+        upgraded = render_upgrade(api.url)
         assert any(path.endswith(f"/secrets/{STICKY}") for path in api.requests)
     assert secret_value(upgraded) == secret_value(installed)
     assert checksum(upgraded) == checksum(installed), "an upgrade restarts nothing"
@@ -84,7 +79,7 @@ def test_a_given_secret_wins_and_never_reaches_the_configmap(values: dict[str, A
     installed = render()
     with FakeApiServer().running() as api:
         api.secrets[(NAMESPACE, STICKY)] = installed.get("Secret", STICKY)
-        upgraded = upgrade(api, values)
+        upgraded = render_upgrade(api.url, values)
     assert secret_value(upgraded) == "given-one"
     assert "given-one" not in upgraded.policy_text()
     assert "stickySessionSecret" not in upgraded.policy_text()
