@@ -1,9 +1,8 @@
-"""What both benchmarks share: a process tree's PIDs, stopping a process group, and the
-results file they write."""
+"""What both benchmarks share: stopping a process group, and the results file they write.
+(A process tree's PIDs: tests.e2e.footprint.process_tree, which the e2e scenarios use too.)"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -14,18 +13,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants (every thread's children), from /proc."""
-    pids, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        pids.append(current)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                queue += [int(child) for child in (task / "children").read_text().split()]
-    return sorted(set(pids))
 
 
 def stop_group(process: subprocess.Popen[bytes]) -> None:

@@ -39,7 +39,8 @@ from typing import Any
 import jsonpatch
 import yaml
 
-from bench.common import process_tree, stop_group, write_results
+from bench.common import stop_group, write_results
+from tests.e2e.footprint import process_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

@@ -51,10 +51,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import process_tree, stop_group, write_results
+from bench.common import stop_group, write_results
 from tests.e2e.clusterdns import PodRecord
 from tests.e2e.conftest import host_problem, sweep_stale_runs
-from tests.e2e.footprint import footprints, haproxy_info
+from tests.e2e.footprint import footprints, haproxy_info, process_tree
 from tests.e2e.harness import (
     BACKEND_PORT,
     LISTEN_PORT,
