@@ -13,22 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.chart.chart import render
+from tests.dockerfiles import instructions
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 BUILD_TOOLS = ("gcc", "cc ", "g++", "make", "build-essential", "apt-get", "apk ")
-
-
-def instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
-    joined = re.sub(r"\\\n\s*", " ", text)
-    found = []
-    for raw in joined.splitlines():
-        line = raw.strip()
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            found.append((keyword.upper(), rest.strip()))
-    return found
 
 
 def stages() -> list[list[tuple[str, str]]]:

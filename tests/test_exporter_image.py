@@ -5,9 +5,9 @@ varnishd's uid."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from tests.dockerfiles import instructions
 from webhook.engine import builder
 from webhook.engine.options import resolve_options
 from webhook.engine.policy import DEFAULT_IMAGES, RunAsUser, default_policy
@@ -15,27 +15,18 @@ from webhook.engine.policy import DEFAULT_IMAGES, RunAsUser, default_policy
 DOCKERFILE = Path(__file__).resolve().parents[1] / "images" / "varnish-exporter" / "Dockerfile"
 
 
-def instructions() -> list[tuple[str, str]]:
-    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
-    found = []
-    for raw in joined.splitlines():
-        line = raw.strip()
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            found.append((keyword.upper(), rest.strip()))
-    return found
+def steps() -> list[tuple[str, str]]:
+    return instructions(DOCKERFILE.read_text())
 
 
 def final_stage() -> list[tuple[str, str]]:
-    steps = instructions()
-    last = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
-    return steps[last:]
+    found = steps()
+    last = max(i for i, (keyword, _) in enumerate(found) if keyword == "FROM")
+    return found[last:]
 
 
 def test_based_on_the_varnish_image_the_pods_run() -> None:
-    args = dict(
-        rest.split("=", 1) for keyword, rest in instructions() if keyword == "ARG" and "=" in rest
-    )
+    args = dict(rest.split("=", 1) for keyword, rest in steps() if keyword == "ARG" and "=" in rest)
     assert final_stage()[0] == ("FROM", "${VARNISH_IMAGE}")
     assert args["VARNISH_IMAGE"] == DEFAULT_IMAGES["varnish"]
 
