@@ -4,14 +4,13 @@ real `cache-injector serve` process per test module (stopped by PID when the mod
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from webhook.serve import certs
 
-from .support import NAMESPACE, SERVICE, Client, Server, start_server
+from .support import NAMESPACE, SERVICE, Client, Pki, Server, serve_pki
 
 # A default backend for every namespace, so corpus workloads without our annotation are
 # injected too; `shop` may also use Services in `catalog`.
@@ -22,23 +21,6 @@ namespaces:
   shop:
     allowedBackendNamespaces: [catalog]
 """
-
-
-@dataclass(frozen=True)
-class Pki:
-    directory: Path
-
-    @property
-    def ca(self) -> Path:
-        return self.directory / certs.CA_CERT
-
-    @property
-    def cert(self) -> Path:
-        return self.directory / certs.TLS_CERT
-
-    @property
-    def key(self) -> Path:
-        return self.directory / certs.TLS_KEY
 
 
 @pytest.fixture(scope="session")
@@ -61,13 +43,7 @@ def test_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(
     tmp_path_factory: pytest.TempPathFactory, pki: Pki, test_policy: Path
 ) -> Iterator[Server]:
-    running = start_server(
-        tmp_path_factory.mktemp("server"),
-        cert=pki.cert,
-        key=pki.key,
-        ca=pki.ca,
-        policy=test_policy,
-    )
+    running = serve_pki(tmp_path_factory.mktemp("server"), pki, policy=test_policy)
     yield running
     running.stop()
 

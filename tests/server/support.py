@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import httpx
 from cryptography import x509
 
+from webhook.serve import certs
+
 CLI = str(Path(sys.executable).parent / "cache-injector")
 SERVICE, NAMESPACE = "cache-injector", "cache-injector"
 # The name the API server dials (service.namespace.svc); tests connect to 127.0.0.1 and
@@ -27,6 +29,25 @@ SERVICE_DNS = f"{SERVICE}.{NAMESPACE}.svc"
 START_DEADLINE = 60.0
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Where `certs generate` wrote the CA and the serving pair."""
+
+    directory: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / certs.CA_CERT
+
+    @property
+    def cert(self) -> Path:
+        return self.directory / certs.TLS_CERT
+
+    @property
+    def key(self) -> Path:
+        return self.directory / certs.TLS_KEY
 
 
 def wait_for(condition: Callable[[], T | None], *, deadline: float, what: str) -> T:
@@ -191,11 +212,37 @@ def start_server(
     return started(Server(port, process, log, ca), workers)
 
 
+def serve_pki(
+    workdir: Path,
+    pki: Pki,
+    *,
+    policy: Path | None = None,
+    workers: int = 1,
+    extra: tuple[str, ...] = (),
+) -> Server:
+    """start_server with the tests' PKI: its serving pair, and its CA for the clients."""
+    return start_server(
+        workdir,
+        cert=pki.cert,
+        key=pki.key,
+        ca=pki.ca,
+        policy=policy,
+        workers=workers,
+        extra=extra,
+    )
+
+
 def _ready(server: Server) -> bool:
     if server.process.poll() is not None:
         raise AssertionError(
             f"server exited with {server.process.returncode}:\n{server.log.read_text()}"
         )
+    return answers_ready(server)
+
+
+def answers_ready(server: Server) -> bool:
+    """/readyz answers 200 over verified TLS; False when it cannot be reached (a stopping
+    server, as the endpoints controller sees it)."""
     try:
         probe = Client(server.port, server.ca)
         try:

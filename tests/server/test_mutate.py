@@ -24,9 +24,18 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from webhook.serve import guard
 from webhook.serve.protocol import CorkedHttpToolsProtocol
 
-from .conftest import Pki
 from .reviews import CorpusPod, corpus_pods, decoded_patch, make_pod, pod_review
-from .support import CLI, SERVICE, SERVICE_DNS, Client, Server, client_context, handshake, sample
+from .support import (
+    CLI,
+    SERVICE,
+    SERVICE_DNS,
+    Client,
+    Pki,
+    Server,
+    client_context,
+    handshake,
+    sample,
+)
 
 CORPUS_PODS = corpus_pods()
 BACKEND = {"cache-injector.io/backend": "catalog-api:8080"}

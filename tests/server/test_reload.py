@@ -20,15 +20,16 @@ from cryptography import x509
 
 from webhook.serve import certs
 
-from .conftest import Pki
 from .reviews import decoded_patch, make_pod, pod_review
 from .support import (
     CLI,
     NAMESPACE,
     SERVICE,
     SERVICE_DNS,
+    Pki,
     Server,
     client_context,
+    serve_pki,
     start_server,
     wait_for,
 )
@@ -310,7 +311,7 @@ BROKEN_POLICIES = [
 def test_policy_reload_and_broken_policy_refused(kind: str, tmp_path: Path, pki: Pki) -> None:
     policy = PolicyFile(tmp_path, kind)
     policy.write(POLICY_A)
-    server = start_server(tmp_path, cert=pki.cert, key=pki.key, ca=pki.ca, policy=policy.path)
+    server = serve_pki(tmp_path, pki, policy=policy.path)
     context = client_context(pki.ca)
     try:
         assert backend_in_patch(server, context) == "app.shop.svc.cluster.local:8080"

@@ -12,8 +12,8 @@ from webhook.cli import main
 from webhook.engine import names
 from webhook.serve.server import Runtime, Settings
 
-from .conftest import Pki
 from .reviews import make_pod, pod_review
+from .support import Pki
 
 
 def injected_status(runtime: Runtime) -> dict[str, object]:

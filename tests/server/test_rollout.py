@@ -10,10 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-
-from .conftest import Pki
-from .support import Client, Server, start_server, wait_for
+from .support import Pki, Server, answers_ready, serve_pki, wait_for
 from .traffic import Endpoints, ReviewClient, Tally
 
 CLIENTS = 4
@@ -24,26 +21,13 @@ PROBE_PERIOD = 0.2
 REVIEW_TIMEOUT = 10.0  # the API server's webhook timeout, generous for a loaded machine
 
 
-def ready(server: Server, ca: Path) -> bool:
-    try:
-        probe = Client(server.port, ca)
-        try:
-            return probe.get("/readyz").status_code == 200
-        finally:
-            probe.close()
-    except httpx.TransportError:
-        return False
-
-
 def roll(tmp_path: Path, pki: Pki, test_policy: Path, drain: str) -> tuple[Tally, Server]:
     """Two servers, CLIENTS clients; SIGTERM to the first after 1 s; run until it has exited
     and 1 s more. The endpoints controller drops a server once its /readyz fails."""
     servers = [
-        start_server(
+        serve_pki(
             tmp_path,
-            cert=pki.cert,
-            key=pki.key,
-            ca=pki.ca,
+            pki,
             policy=test_policy,
             extra=("--drain-seconds", drain),
         )
@@ -66,7 +50,7 @@ def roll(tmp_path: Path, pki: Pki, test_policy: Path, drain: str) -> tuple[Tally
     def controller() -> None:
         while not stop.is_set():
             for server in servers:
-                if not ready(server, pki.ca):
+                if not answers_ready(server):
                     endpoints.remove(server.port)
             time.sleep(PROBE_PERIOD)
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Pki
 from .reviews import make_pod, pod_review
-from .support import SERVICE_DNS, Server, client_context, start_server, wait_for
+from .support import SERVICE_DNS, Pki, Server, client_context, serve_pki, wait_for
 
 
 def read_until(tls: socket.socket, marker: bytes) -> bytes:
@@ -44,11 +43,9 @@ def test_sigterm_lets_an_in_flight_review_finish(
     workers: int, tmp_path: Path, pki: Pki, test_policy: Path
 ) -> None:
     # No drain: this test is about the shutdown that follows it (test_rollout.py drains).
-    server = start_server(
+    server = serve_pki(
         tmp_path,
-        cert=pki.cert,
-        key=pki.key,
-        ca=pki.ca,
+        pki,
         policy=test_policy,
         workers=workers,
         extra=("--drain-seconds", "0"),
@@ -90,9 +87,7 @@ def test_sigterm_lets_an_in_flight_review_finish(
 
 
 def test_a_body_that_stalls_gets_408(tmp_path: Path, pki: Pki) -> None:
-    server = start_server(
-        tmp_path, cert=pki.cert, key=pki.key, ca=pki.ca, extra=("--body-timeout", "0.5")
-    )
+    server = serve_pki(tmp_path, pki, extra=("--body-timeout", "0.5"))
     try:
         with (
             socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw,

@@ -15,8 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from .conftest import Pki
-from .support import SERVICE_DNS, Server, client_context, start_server, wait_for
+from .support import SERVICE_DNS, Pki, Server, client_context, serve_pki, wait_for
 from .traffic import Endpoints, ReviewClient, Tally
 
 HEADER_TIMEOUT = 2.0
@@ -61,11 +60,9 @@ class Sampler(threading.Thread):
 
 
 def test_flood_of_slow_clients(tmp_path: Path, pki: Pki, test_policy: Path) -> None:
-    server = start_server(
+    server = serve_pki(
         tmp_path,
-        cert=pki.cert,
-        key=pki.key,
-        ca=pki.ca,
+        pki,
         policy=test_policy,
         workers=2,
         extra=(
@@ -149,11 +146,9 @@ def test_idle_keep_alive_connections_cannot_crowd_out_reviews(
     """Connections that made one request and then idle (kept alive for 120 s) beyond the cap:
     the longest-idle ones are closed to admit new connections, and reviews are answered."""
     cap, idle_count = 32, 100
-    server = start_server(
+    server = serve_pki(
         tmp_path,
-        cert=pki.cert,
-        key=pki.key,
-        ca=pki.ca,
+        pki,
         policy=test_policy,
         extra=("--max-connections", str(cap)),
     )

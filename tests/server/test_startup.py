@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Pki
-from .support import CLI, free_port
+from .support import CLI, Pki, free_port
 
 
 def serve(pki: Pki, *extra: str, cert: Path | None = None) -> subprocess.CompletedProcess[str]:

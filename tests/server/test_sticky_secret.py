@@ -14,9 +14,8 @@ from webhook.engine import names
 from webhook.engine.render import cookie_key
 from webhook.serve.server import STICKY_SESSION_SECRET_ENV
 
-from .conftest import Pki
 from .reviews import decoded_patch, make_pod, pod_review
-from .support import start_server
+from .support import Pki, serve_pki
 
 SECRET = "kF3-not-a-real-secret-but-long-enough-0123456789"
 FQDN = "web.shop.svc.cluster.local"
@@ -26,9 +25,7 @@ def test_every_worker_uses_the_secret_from_the_environment(
     tmp_path: Path, pki: Pki, test_policy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(STICKY_SESSION_SECRET_ENV, SECRET)
-    server = start_server(
-        tmp_path, cert=pki.cert, key=pki.key, ca=pki.ca, policy=test_policy, workers=2
-    )
+    server = serve_pki(tmp_path, pki, policy=test_policy, workers=2)
     keys: set[str] = set()
     pids: set[int] = set()
     try:

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 from tests.server.conftest import Pki
-from tests.server.support import SERVICE_DNS, client_context, start_server
+from tests.server.support import SERVICE_DNS, client_context, serve_pki
 
 CONNECTIONS = 16  # all on one of 2 workers by chance: 2 * 0.5**16, about 3 in 100,000
 
@@ -26,7 +26,7 @@ def _pid_behind(sock: socket.socket, pki: Pki) -> int:
 
 
 def test_connections_opened_together_reach_every_worker(tmp_path: Path, pki: Pki) -> None:
-    server = start_server(tmp_path, cert=pki.cert, key=pki.key, ca=pki.ca, workers=2)
+    server = serve_pki(tmp_path, pki, workers=2)
     # Connect all at once, as a client ramping up does: the kernel completes each connection
     # before any worker accepts, so they are all pending together.
     sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=30)
