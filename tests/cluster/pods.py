@@ -1,12 +1,16 @@
-"""Pods as the API server would return them: injected by the real engine, with a status."""
+"""Pods as the API server would return them (injected by the real engine, with a status), the
+namespace's purge-token Secret, and what `purge -o json` reports per pod."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 from typing import Any
 
 import jsonpatch
 
+from webhook.engine import names
 from webhook.engine.inject import inject_pod
 from webhook.engine.policy import Policy, default_policy
 from webhook.engine.render import load_templates
@@ -83,3 +87,19 @@ def inject_as(manifest: dict[str, Any], revision: str, labels: dict[str, str]) -
     injected = jsonpatch.apply_patch(manifest, copy.deepcopy(outcome.patch))
     injected["status"] = status
     return injected
+
+
+def purge_secret(token: str, namespace: str = "shop") -> dict[str, Any]:
+    """The namespace's purge-token Secret, as `purge` reads it without --token-file."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": names.PURGE_SECRET, "namespace": namespace},
+        "data": {names.PURGE_SECRET_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+def purge_records(stdout: str) -> dict[str, dict[str, Any]]:
+    """`purge -o json`'s result per pod, by pod name ({} when it printed nothing)."""
+    return {r["pod"]: r for r in json.loads(stdout)["pods"]} if stdout else {}

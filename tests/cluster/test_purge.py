@@ -4,8 +4,6 @@ pods it targets, what each receives, retries, timeouts, per-pod results and exit
 
 from __future__ import annotations
 
-import base64
-import json
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -18,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.chart.fake_apiserver import FakeApiServer
-from tests.cluster.pods import pod
+from tests.cluster.pods import pod, purge_records, purge_secret
 from webhook.cli import main
 
 TOKEN = "0123456789abcdef-token"
@@ -27,15 +25,7 @@ TOKEN = "0123456789abcdef-token"
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[FakeApiServer]:
     server = FakeApiServer(page_size=2)  # 2 a page: every list here takes `continue`
-    server.add(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "Opaque",
-            "metadata": {"name": "cache-injector-purge", "namespace": "shop"},
-            "data": {"token": base64.b64encode(TOKEN.encode()).decode()},
-        }
-    )
+    server.add(purge_secret(TOKEN))
     server.add(
         {
             "apiVersion": "apps/v1",
@@ -86,7 +76,7 @@ def answering(codes: Mapping[str, list[int]]) -> Any:
 
 
 def records(result: Result) -> dict[str, dict[str, Any]]:
-    return {r["pod"]: r for r in json.loads(result.stdout)["pods"]}
+    return purge_records(result.stdout)
 
 
 @pytest.mark.parametrize("how", [["--deployment", "web"], ["--service", "web"], ["-l", "app=web"]])

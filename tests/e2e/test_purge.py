@@ -12,10 +12,8 @@ The cache key is URL + Host, so a PURGE names the Host the object was requested 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.chart.fake_apiserver import FakeApiServer
+from tests.cluster.pods import purge_records, purge_secret
 from tests.e2e.harness import LISTEN_PORT, OTHER_CLIENT_IP, POD_IP, PodEnv, generation
 from tests.e2e.scenarios import recorder
 from webhook.cli import main
@@ -111,8 +110,7 @@ def _purge(api: FakeApiServer, kubeconfig: str, *args: str) -> tuple[int, dict[s
         catch_exceptions=False,
     )
     elapsed = time.monotonic() - began
-    records = {r["pod"]: r for r in json.loads(result.stdout)["pods"]} if result.stdout else {}
-    return result.exit_code, records, elapsed
+    return result.exit_code, purge_records(result.stdout), elapsed
 
 
 @pytest.mark.parametrize("generation_name", ["newest", "oldest"])
@@ -134,15 +132,7 @@ def test_purge_reaches_every_pod_with_the_token(tmp_path: Path, generation_name:
             for i in range(3)
         }
         api = FakeApiServer()
-        api.add(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": "Opaque",
-                "metadata": {"name": "cache-injector-purge", "namespace": "shop"},
-                "data": {"token": base64.b64encode(TOKEN.encode()).decode()},
-            }
-        )
+        api.add(purge_secret(TOKEN))
         for env in envs.values():
             api.add(_api_pod(env))
         api.proxy = _proxy(envs)
