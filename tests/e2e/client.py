@@ -304,6 +304,13 @@ def download(
         began = time.monotonic()
         digest, length, status, cache = hashlib.sha256(), 0, 0, ""
         connection = http.client.HTTPConnection(host, port, timeout=timeout)
+
+        def seen(complete: bool, error: str | None) -> Download:
+            return Download(
+                path, status, length, digest.hexdigest(), cache, complete, error,
+                time.monotonic() - began,
+            )  # fmt: skip
+
         try:
             connection.request("GET", path, headers={"Connection": "close", **(headers or {})})
             response = connection.getresponse()
@@ -318,27 +325,9 @@ def download(
             declared = response.getheader("Content-Length")
             complete = declared is None or int(declared) == length
             error = None if complete else f"{length} of Content-Length {declared} bytes"
-            return Download(
-                path,
-                status,
-                length,
-                digest.hexdigest(),
-                cache,
-                complete,
-                error,
-                time.monotonic() - began,
-            )
+            return seen(complete, error)
         except (OSError, http.client.HTTPException) as err:
-            return Download(
-                path,
-                status,
-                length,
-                digest.hexdigest(),
-                cache,
-                False,
-                f"{type(err).__name__}: {err}"[:200],
-                time.monotonic() - began,
-            )
+            return seen(False, f"{type(err).__name__}: {err}"[:200])
         finally:
             connection.close()
 
