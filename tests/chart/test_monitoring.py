@@ -266,23 +266,15 @@ def run_promtool(
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
     (tmp_path / "tests.yaml").write_text(tests)
     binary = promtool()
-    checked = subprocess.run(
-        [binary, "check", "rules", "rules.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def promtool_run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [binary, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    checked = promtool_run("check", "rules", "rules.yaml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    return subprocess.run(
-        [binary, "test", "rules", "tests.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return promtool_run("test", "rules", "tests.yaml")
 
 
 def test_alerts_fire_when_they_should_promtool(tmp_path: Path, rendered: Rendered) -> None:
