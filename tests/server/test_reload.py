@@ -149,6 +149,15 @@ def metric(server: Server, name: str, **labels: str) -> float:
         client.close()
 
 
+def wait_for_rejections(server: Server, kind: str, count: int, what: str) -> None:
+    """Until the server has counted `count` rejected reloads of its `kind` file (policy or
+    certificate)."""
+    name = f"cache_injector_{kind}_reloads_total"
+    wait_for(
+        lambda: metric(server, name, result="error") >= count, deadline=RELOAD_DEADLINE, what=what
+    )
+
+
 @pytest.fixture
 def secret_server(tmp_path: Path, issuer: Issuer) -> Iterator[tuple[Server, AtomicVolume, int]]:
     """A server whose pair comes from a Secret-like volume; its first serial."""
@@ -242,13 +251,7 @@ def test_broken_pairs_are_rejected_while_the_old_one_keeps_serving(
     context = client_context(server.ca)
     for count, (case, files) in enumerate(broken_pairs(issuer, served_key).items(), 1):
         volume.write(files)
-        wait_for(
-            lambda n=count: (
-                metric(server, "cache_injector_certificate_reloads_total", result="error") >= n
-            ),
-            deadline=RELOAD_DEADLINE,
-            what=f"the reload error for {case}",
-        )
+        wait_for_rejections(server, "certificate", count, f"the reload error for {case}")
         served = exchange(server.port, context, "POST", "/mutate", review_body())
         assert (served.status, served.serial) == (200, old), case
     errors = [line for line in server.events("certificate_reload") if line["result"] == "error"]
@@ -324,13 +327,7 @@ def test_policy_reload_and_broken_policy_refused(kind: str, tmp_path: Path, pki:
         assert metric(server, "cache_injector_policy_reloads_total", result="success") >= 1
         for count, broken in enumerate(BROKEN_POLICIES, 1):
             policy.write(broken)
-            wait_for(
-                lambda n=count: (
-                    metric(server, "cache_injector_policy_reloads_total", result="error") >= n
-                ),
-                deadline=RELOAD_DEADLINE,
-                what=f"the reload error for {broken!r}",
-            )
+            wait_for_rejections(server, "policy", count, f"the reload error for {broken!r}")
             assert backend_in_patch(server, context) == "other.shop.svc.cluster.local:9090"
         errors = [line for line in server.events("policy_reload") if line["result"] == "error"]
         assert len(errors) == len(BROKEN_POLICIES)
