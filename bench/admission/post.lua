@@ -1,16 +1,10 @@
 -- wrk script: POST one AdmissionReview body (path in BENCH_BODY) on every request, and print
--- the figures as one JSON line at the end (latencies in microseconds).
+-- the figures as one JSON line at the end (latencies in microseconds), as bench/report.lua does.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local file = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.body = file:read("*a")
 file:close()
 
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests":%d,"duration_us":%d,"socket_errors":%d,"non_2xx":%d,' ..
-    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
-end
+-- The figures: bench/report.lua's done(), found beside this script whatever the cwd.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "../report.lua")

@@ -200,7 +200,7 @@ def wrk(env: PodEnv, url: str, connections: int, seconds: int) -> dict[str, Any]
         raise SystemExit("wrk is missing: apt-get install wrk")
     done = subprocess.run(
         [*env.netns.exec_prefix(), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-         "-s", str(HERE / "report.lua"), url],
+         "-s", str(HERE.parent / "report.lua"), url],
         capture_output=True, text=True, timeout=seconds + 60, check=False,
     )  # fmt: skip
     line = next((x for x in done.stdout.splitlines() if x.startswith("{")), None)

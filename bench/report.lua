@@ -1,5 +1,6 @@
 -- wrk script: GET the URL given on the command line; print the figures as one JSON line at
--- the end (latencies in microseconds).
+-- the end (latencies in microseconds). The datapath bench runs it as it is; the admission
+-- bench's post.lua loads it for the same JSON line.
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
