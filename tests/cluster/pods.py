@@ -102,4 +102,5 @@ def purge_secret(token: str, namespace: str = "shop") -> dict[str, Any]:
 
 def purge_records(stdout: str) -> dict[str, dict[str, Any]]:
     """`purge -o json`'s result per pod, by pod name ({} when it printed nothing)."""
-    return {r["pod"]: r for r in json.loads(stdout)["pods"]} if stdout else {}
+    pods: list[dict[str, Any]] = json.loads(stdout)["pods"] if stdout else []
+    return {r["pod"]: r for r in pods}

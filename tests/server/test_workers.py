@@ -9,8 +9,7 @@ import json
 import socket
 from pathlib import Path
 
-from tests.server.conftest import Pki
-from tests.server.support import SERVICE_DNS, client_context, serve_pki
+from tests.server.support import SERVICE_DNS, Pki, client_context, serve_pki
 
 CONNECTIONS = 16  # all on one of 2 workers by chance: 2 * 0.5**16, about 3 in 100,000
 
