@@ -1,7 +1,7 @@
 """Scenario 9: PURGE from localhost (another container of the pod) removes an object; from
 any other address (another pod) without the token it is refused and the object stays.
 
-Scenario 15: three injected pods, the namespace's purge token, `cache-injector purge` through
+Scenario 23: three injected pods, the namespace's purge token, `cache-injector purge` through
 the (fake) API server's pod proxy into each pod: a URL cached in all three is a MISS in each
 after one command; no or a wrong token gets 401/403 and purges nothing; a pod stopped before
 the purge is reported unreachable while the others are purged.
@@ -51,7 +51,7 @@ def test_purge_only_from_localhost() -> None:
         note("PURGE from another pod / from localhost", f"{refused.status} / {purged.status}")
 
 
-# -- scenario 15: invalidation from outside the pods, with a token, fanned out ---------------
+# -- scenario 23: invalidation from outside the pods, with a token, fanned out ---------------
 TOKEN = "e2e-token-0123456789abcdef"
 SECRETS = {"cache-injector-purge": {"token": TOKEN}}
 NO_DRAIN = {"cache-injector.io/drain-seconds": "0"}  # a stopped pod stops at once
@@ -116,7 +116,7 @@ def _purge(api: FakeApiServer, kubeconfig: str, *args: str) -> tuple[int, dict[s
 @pytest.mark.parametrize("generation_name", ["newest", "oldest"])
 def test_purge_reaches_every_pod_with_the_token(tmp_path: Path, generation_name: str) -> None:
     gen = generation(generation_name)
-    note = recorder("15 purge fan-out", gen.label)
+    note = recorder("23 purge fan-out", gen.label)
     with contextlib.ExitStack() as stack:
         envs = {
             f"web-{i}": stack.enter_context(
