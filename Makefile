@@ -9,7 +9,7 @@ SHARED ?= ../shared
 export SHARED
 APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl prometheus-varnish-exporter
 
-.PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize bench-slots clean
+.PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize bench-slots bench-churn clean
 
 setup: $(VENV)/.installed
 
@@ -96,6 +96,12 @@ bench-objectsize: setup daemons
 # sizes per Service size, on both generations; root needed.
 bench-slots: setup daemons
 	$(BIN)/python -m bench.slots
+
+# Prints numbers, asserts nothing: cache-varnish's memory curve under a stream of unique tiny
+# objects (default pod, Varnish 8.0, 8 min; root and wrk). ARGS="--env MALLOC_ARENA_MAX=" for
+# glibc's default arenas, ARGS="--hits --base-env K= --env K=V" for a variant's HIT cost.
+bench-churn: setup daemons wrk
+	$(BIN)/python -m bench.churn $(ARGS)
 
 # The load generator of both benchmarks (Debian's wrk, built with TLS).
 wrk:

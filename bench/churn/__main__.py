@@ -14,10 +14,11 @@ third (MiB/min) - whether the footprint levels off - and how long the limit woul
 slope.
 
 `--env K=V` sets an environment variable of cache-varnish in the pod the injector wrote (say,
-glibc malloc's tunables: MALLOC_ARENA_MAX=2) - the variant measured; `--env none` removes the
-injector's own ones.
+glibc malloc's tunables: MALLOC_ARENA_MAX=2) - the variant measured; `--env K=` removes one
+the injector set (`--env MALLOC_ARENA_MAX=`: glibc's default arenas).
 
-`--hits` measures the cost of a variant on cache HITs instead: two pods side by side, the
+`--hits` measures the cost of a variant on cache HITs instead (with `--misses`: on MISSes
+that store, unique URLs unpaced - where malloc is called): two pods side by side, the
 pod as injected and the variant, after a warm-up, wrk at 8 connections on one then the other
 (the order alternates) --pairs times; prints each pair's req/s ratio (variant / injected)
 and the p50/p99. Writes bench/results/churn-<UTC stamp>.json. Asserts nothing; everything
@@ -45,14 +46,22 @@ from bench.datapath.__main__ import BACKEND_IP, SynthBackend, get
 from tests.e2e.clusterdns import PodRecord
 from tests.e2e.conftest import host_problem, sweep_stale_runs
 from tests.e2e.footprint import footprints
-from tests.e2e.harness import LISTEN_PORT, NAMESPACE, POD_IP, SERVICE, PodEnv, generation, root_cleanup
+from tests.e2e.harness import (
+    LISTEN_PORT,
+    NAMESPACE,
+    POD_IP,
+    SERVICE,
+    PodEnv,
+    generation,
+    root_cleanup,
+)
 from tests.e2e.podrunner import remove_mount_points
 from webhook.engine.values import parse_size
 
 HERE = Path(__file__).resolve().parent
 CONNECTIONS = 16
 COUNTERS = ("MAIN.client_req", "MAIN.n_object", "MAIN.n_objecthead", "MAIN.n_lru_nuked",
-            "SMA.s0.g_bytes")  # fmt: skip
+            "SMA.s0.g_bytes", "MAIN.threads")  # fmt: skip
 MIB = 2**20
 
 
@@ -64,8 +73,6 @@ def set_env(variant: dict[str, str | None]) -> Any:
             if container["name"] != "cache-varnish":
                 continue
             env = [e for e in container.get("env", []) if e["name"] not in variant]
-            if "none" in variant:
-                env = [e for e in env if not e["name"].startswith("MALLOC_")]
             env += [{"name": k, "value": v} for k, v in variant.items() if v is not None]
             container["env"] = env
 
@@ -86,7 +93,7 @@ def start_pod(gen_name: str, label: str, variant: dict[str, str | None], scratch
 
     env = PodEnv(generation(gen_name), backends=0, edit_pod=set_env(variant),
                  before_start=before_start, label=f"churn {label}", memory_limits=True)  # fmt: skip
-    stack.callback(lambda: [backend.stop() for backend in backends])
+    stack.callback(stop_all, backends)
     stack.callback(env.close)
     env.start()
     for _ in range(2):
@@ -94,6 +101,11 @@ def start_pod(gen_name: str, label: str, variant: dict[str, str | None], scratch
     if (status, cache) != (200, "HIT"):
         raise SystemExit(f"{label}: /static/warm answered {status} {cache}, not 200 HIT")
     return env
+
+
+def stop_all(backends: list[SynthBackend]) -> None:
+    for backend in backends:
+        backend.stop()
 
 
 def counters(env: PodEnv) -> dict[str, int]:
@@ -144,6 +156,7 @@ class Sample:
     evicted: int
     requests: int  # objects stored so far (each request stores one)
     stored_mib: float  # -s malloc's bytes in use
+    threads: int  # worker threads (each holds a stack and workspaces)
 
 
 @dataclass
@@ -189,11 +202,12 @@ def churn(gen_name: str, variant: dict[str, str | None], minutes: float, rate: i
                     # stored an object, so objects + evicted is the count that is current
                     requests=values.get("MAIN.n_object", 0) + values.get("MAIN.n_lru_nuked", 0),
                     stored_mib=round(values.get("SMA.s0.g_bytes", 0) / MIB, 1),
+                    threads=values.get("MAIN.threads", 0),
                 )
             )
             s = seen.samples[-1]
             print(f"{s.seconds:6.0f} s {s.footprint_mib:6.1f} MiB (cgroup {s.cgroup_mib:6.1f}) "
-                  f"{s.objects} objects {s.evicted} evicted {s.requests} req",
+                  f"{s.objects} objects {s.evicted} evicted {s.requests} req {s.threads} threads",
                   file=sys.stderr, flush=True)  # fmt: skip
         load.wait(60)
         seen.wrk = wrk_figures(out)
@@ -205,7 +219,8 @@ def slope(samples: list[Sample], since: float) -> float:
     points = [(s.seconds / 60, s.footprint_mib) for s in samples if s.seconds >= since]
     if len(points) < 3:
         return float("nan")
-    return statistics.linear_regression(*zip(*points, strict=True)).slope
+    minutes, mib = zip(*points, strict=True)
+    return float(statistics.linear_regression(minutes, mib).slope)
 
 
 def churn_table(seen: Churn) -> str:
@@ -216,17 +231,20 @@ def churn_table(seen: Churn) -> str:
     last = seen.samples[-1]
     full = next((s for s in seen.samples if s.evicted), None)
     lines.append(
-        f"{last.requests} requests in {last.seconds:.0f} s ({last.requests / last.seconds:.0f}/s), "
+        f"{last.requests} requests in {last.seconds:.0f} s "
+        f"({last.requests / last.seconds:.0f}/s), "
         f"wrk errors {seen.wrk.get('socket_errors', 0) + seen.wrk.get('non_2xx', 0)}; "
-        + (f"full at {full.seconds:.0f} s with {full.objects} objects; " if full else "never full; ")
+        + (f"full at {full.seconds:.0f} s with {full.objects} objects; " if full else "never full")
         + (f"{last.evicted / full.objects:.1f} turnovers" if full and full.objects else "")
     )
-    lines.append("minute  footprint MiB  cgroup MiB  objects  stored MiB  evicted")
+    lines.append("minute  footprint MiB  cgroup MiB  objects  stored MiB  evicted  threads")
     for minute in (0.5, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 30):
         s = min(seen.samples, key=lambda x: abs(x.seconds - minute * 60))
         if abs(s.seconds - minute * 60) <= 10:
-            lines.append(f"{minute:6} {s.footprint_mib:14.1f} {s.cgroup_mib:11.1f} "
-                         f"{s.objects:8} {s.stored_mib:11.1f} {s.evicted:8}")  # fmt: skip
+            lines.append(
+                f"{minute:6} {s.footprint_mib:14.1f} {s.cgroup_mib:11.1f} "
+                f"{s.objects:8} {s.stored_mib:11.1f} {s.evicted:8} {s.threads:8}"
+            )
     peak = max(s.footprint_mib for s in seen.samples)
     tail = slope(seen.samples, last.seconds * 2 / 3)
     lines.append(f"peak {peak:.1f} MiB ({100 * peak / seen.limit_mib:.0f} % of the limit); "
@@ -241,24 +259,29 @@ def churn_table(seen: Churn) -> str:
 class Hits:
     generation: str
     variant: dict[str, str | None]
+    what: str  # HIT (one object) or MISS (unique URLs, each stored)
     pairs: list[dict[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def hits(gen_name: str, variant: dict[str, str | None], pairs: int, seconds: int,
-         scratch: Path) -> Hits:  # fmt: skip
-    seen = Hits(generation(gen_name).label, variant)
+         scratch: Path, misses: bool, base: dict[str, str | None]) -> Hits:  # fmt: skip
+    seen = Hits(generation(gen_name).label, variant, "MISS" if misses else "HIT")
     report = str(HERE.parent / "report.lua")
     with contextlib.ExitStack() as stack:
-        pods = {"injected": start_pod(gen_name, "injected", {}, scratch, stack),
+        pods = {"injected": start_pod(gen_name, "injected", base, scratch, stack),
                 "variant": start_pod(gen_name, "variant", variant, scratch, stack)}  # fmt: skip
 
         def run(env: PodEnv, duration: int) -> dict[str, Any]:
             out = scratch / "hits-wrk.out"
             url = f"http://{POD_IP}:{LISTEN_PORT}/static/warm"
+            script = report
+            if misses:  # unique URLs, unpaced: every request a MISS storing an object
+                script, url = str(HERE / "unique.lua"), f"http://{POD_IP}:{LISTEN_PORT}/"
             assert env.netns
             done = subprocess.run(
-                [*env.netns.exec_prefix(), "wrk", "-t1", "-c8", f"-d{duration}s", "-s", report,
-                 url], capture_output=True, timeout=duration + 60, check=False,
+                [*env.netns.exec_prefix(), "env", f"BENCH_TAG={time.monotonic_ns()}",
+                 "wrk", "-t1", "-c8", f"-d{duration}s", "-s", script, url],
+                capture_output=True, timeout=duration + 60, check=False,
             )  # fmt: skip
             out.write_bytes(done.stdout)
             return wrk_figures(out)
@@ -275,40 +298,56 @@ def hits(gen_name: str, variant: dict[str, str | None], pairs: int, seconds: int
 
 
 def rps(figures: dict[str, Any]) -> float:
-    return float(figures["requests"]) / (figures["duration_us"] / 1e6)
+    return float(figures["requests"]) / (float(figures["duration_us"]) / 1e6)
 
 
 def hits_table(seen: Hits) -> str:
     variant = ", ".join(f"{k}={v}" for k, v in seen.variant.items())
-    lines = [f"== {seen.generation}: HITs at c=8, injected vs {variant}, {len(seen.pairs)} pairs",
+    lines = [f"== {seen.generation}: {seen.what}s at c=8, injected vs {variant}, "
+             f"{len(seen.pairs)} pairs",
              "pair  injected req/s p50/p99 ms     variant req/s p50/p99 ms      ratio"]  # fmt: skip
     ratios = []
     for number, pair in enumerate(seen.pairs, 1):
         a, b = pair["injected"], pair["variant"]
         ratios.append(rps(b) / rps(a))
-        lines.append(f"{number:4} {rps(a):9.0f} {a['p50_us'] / 1000:6.3f}/{a['p99_us'] / 1000:6.3f} "
-                     f"{rps(b):13.0f} {b['p50_us'] / 1000:6.3f}/{b['p99_us'] / 1000:6.3f} "
-                     f"{ratios[-1]:10.3f}")  # fmt: skip
+        lines.append(
+            f"{number:4} {rps(a):9.0f} {a['p50_us'] / 1000:6.3f}/{a['p99_us'] / 1000:6.3f} "
+            f"{rps(b):13.0f} {b['p50_us'] / 1000:6.3f}/{b['p99_us'] / 1000:6.3f} "
+            f"{ratios[-1]:10.3f}"
+        )
     lines.append(f"median ratio {statistics.median(ratios):.3f} (min {min(ratios):.3f}, "
                  f"max {max(ratios):.3f})")  # fmt: skip
     return "\n".join(lines)
 
 
+def env_items(items: list[str]) -> dict[str, str | None]:
+    """K=V -> {K: V}; K= -> {K: None} (removed from what the injector set)."""
+    out: dict[str, str | None] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key] = value or None
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generation", default="newest")
-    parser.add_argument("--env", action="append", default=[], help="K=V, K= (unset) or none")
+    parser.add_argument("--env", action="append", default=[], help="K=V or K= (unset)")
     parser.add_argument("--minutes", type=float, default=8)
     parser.add_argument("--rate", type=int, default=3000, help="requests/s at most")
     parser.add_argument("--sample", type=float, default=10, help="seconds between samples")
     parser.add_argument("--hits", action="store_true", help="HIT throughput pairs instead")
+    parser.add_argument(
+        "--base-env",
+        action="append",
+        default=[],
+        help="--hits: K=V or K= (unset) in the pod compared against",
+    )
+    parser.add_argument("--misses", action="store_true", help="--hits: MISSes that store")
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--duration", type=int, default=10, help="seconds per HIT run")
     args = parser.parse_args()
-    variant: dict[str, str | None] = {}
-    for item in args.env:
-        key, _, value = item.partition("=")
-        variant[key] = value or None
+    variant, base = env_items(args.env), env_items(args.base_env)
     problem = host_problem()
     if problem:
         raise SystemExit(f"bench.churn: {problem}")
@@ -319,7 +358,8 @@ def main() -> None:
             scratch = Path(tmp)
             scratch.chmod(0o755)
             if args.hits:
-                hit_run = hits(args.generation, variant, args.pairs, args.duration, scratch)
+                hit_run = hits(args.generation, variant, args.pairs, args.duration, scratch,
+                               args.misses, base)  # fmt: skip
                 text, data = hits_table(hit_run), {"hits": asdict(hit_run)}
             else:
                 run = churn(args.generation, variant, args.minutes, args.rate, args.sample,
