@@ -260,12 +260,14 @@ class Hits:
     generation: str
     variant: dict[str, str | None]
     what: str  # HIT (one object) or MISS (unique URLs, each stored)
+    connections: int
     pairs: list[dict[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def hits(gen_name: str, variant: dict[str, str | None], pairs: int, seconds: int,
-         scratch: Path, misses: bool, base: dict[str, str | None]) -> Hits:  # fmt: skip
-    seen = Hits(generation(gen_name).label, variant, "MISS" if misses else "HIT")
+         scratch: Path, misses: bool, base: dict[str, str | None], connections: int,
+         ) -> Hits:  # fmt: skip
+    seen = Hits(generation(gen_name).label, variant, "MISS" if misses else "HIT", connections)
     report = str(HERE.parent / "report.lua")
     with contextlib.ExitStack() as stack:
         pods = {"injected": start_pod(gen_name, "injected", base, scratch, stack),
@@ -280,7 +282,7 @@ def hits(gen_name: str, variant: dict[str, str | None], pairs: int, seconds: int
             assert env.netns
             done = subprocess.run(
                 [*env.netns.exec_prefix(), "env", f"BENCH_TAG={time.monotonic_ns()}",
-                 "wrk", "-t1", "-c8", f"-d{duration}s", "-s", script, url],
+                 "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", script, url],
                 capture_output=True, timeout=duration + 60, check=False,
             )  # fmt: skip
             out.write_bytes(done.stdout)
@@ -303,7 +305,7 @@ def rps(figures: dict[str, Any]) -> float:
 
 def hits_table(seen: Hits) -> str:
     variant = ", ".join(f"{k}={v}" for k, v in seen.variant.items())
-    lines = [f"== {seen.generation}: {seen.what}s at c=8, injected vs {variant}, "
+    lines = [f"== {seen.generation}: {seen.what}s at c={seen.connections}, injected vs {variant}, "
              f"{len(seen.pairs)} pairs",
              "pair  injected req/s p50/p99 ms     variant req/s p50/p99 ms      ratio"]  # fmt: skip
     ratios = []
@@ -345,6 +347,7 @@ def main() -> None:
     )
     parser.add_argument("--misses", action="store_true", help="--hits: MISSes that store")
     parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--connections", type=int, default=8, help="--hits: wrk's -c")
     parser.add_argument("--duration", type=int, default=10, help="seconds per HIT run")
     args = parser.parse_args()
     variant, base = env_items(args.env), env_items(args.base_env)
@@ -359,7 +362,7 @@ def main() -> None:
             scratch.chmod(0o755)
             if args.hits:
                 hit_run = hits(args.generation, variant, args.pairs, args.duration, scratch,
-                               args.misses, base)  # fmt: skip
+                               args.misses, base, args.connections)  # fmt: skip
                 text, data = hits_table(hit_run), {"hits": asdict(hit_run)}
             else:
                 run = churn(args.generation, variant, args.minutes, args.rate, args.sample,

@@ -118,6 +118,8 @@ STICKY_COOKIE = "CACHESRV"
 PURGE_SECRET = "cache-injector-purge"
 PURGE_SECRET_KEY = "token"
 PURGE_TOKEN_ENV = "CACHE_INJECTOR_PURGE_TOKEN"
+# glibc malloc's arena count for varnishd (builder.VARNISH_MALLOC_ARENAS says why).
+MALLOC_ARENA_MAX_ENV = "MALLOC_ARENA_MAX"
 PURGE_TOKEN_HEADER = "X-Cache-Token"
 PURGE_PATH = "/.cache/purge"
 BAN_PATH = "/.cache/ban"
