@@ -202,9 +202,7 @@ def test_unique_tiny_objects_level_off_under_the_limit(
     note("MALLOC_ARENA_MAX of cache-varnish's processes", seen.arenas)
     described = f"{seen.label}: {len(seen.samples)} samples, peaks per turnover {peaks}"
     # varnishd's manager, its child (the cache) and anything they run: two glibc arenas.
-    assert len(seen.arenas) >= 2 and set(seen.arenas) == {str(VARNISH_MALLOC_ARENAS)}, (
-        seen.arenas
-    )
+    assert len(seen.arenas) >= 2 and set(seen.arenas) == {str(VARNISH_MALLOC_ARENAS)}, seen.arenas
     assert seen.errors == 0, f"{seen.errors} errors, first: {seen.first_error}"
     assert last and last.nuked >= TURNOVERS * seen.full_at_objects > 0, (
         f"the cache was not replaced {TURNOVERS} times in {DEADLINE} s: {described}"
