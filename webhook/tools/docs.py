@@ -181,9 +181,10 @@ def _memory_section() -> list[str]:
         "373 MiB with Varnish 7.1 (43 % of the limit). Varnish 8.0 allocates with glibc malloc,",
         "whose many per-thread arenas the evictions fragmented: 374 MiB after 8 min (~2 k/s,",
         "320 k objects), still +3.5 MiB/min. cache-varnish therefore runs with",
-        "`MALLOC_ARENA_MAX=2`: 347 MiB after 8 min (40 %), +2.3 MiB/min, at no measured cost",
-        "(`make bench-churn`). `MALLOC_ARENA_MAX=1`, declared in the env of a cache-varnish",
-        "container in the pod (it wins), stayed flat at 333 MiB but cost misses 5-8 % of req/s.",
+        "`MALLOC_ARENA_MAX=2`, at no measured cost: 332-335 MiB over 3.5 turnovers of the",
+        "cache (38 %; in another run 347 MiB after 8 min, +2.3 MiB/min; `make bench-churn`).",
+        "`MALLOC_ARENA_MAX=1`, declared in the env of a cache-varnish container in the pod (it",
+        "wins), stayed flat at 332 MiB but cost misses 5-8 % of their req/s (paired runs).",
         "",
     ]
 
