@@ -72,12 +72,9 @@ class TinyObjects:
 
 
 def environ_values(pid: int, name: str) -> list[str]:
-    """`name`'s value in the environment of each descendant of `pid`, the container's PID 1
-    (the runner's shim, which runs the container's program with the pod's env)."""
+    """`name`'s value in the environment of `pid` and each of its descendants."""
     values = []
     for process in process_tree(pid):
-        if process == pid:
-            continue
         with contextlib.suppress(OSError):
             env = Path(f"/proc/{process}/environ").read_bytes().split(b"\0")
             found = [e.split(b"=", 1)[1] for e in env if e.startswith(name.encode() + b"=")]
