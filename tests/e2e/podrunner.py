@@ -172,8 +172,9 @@ def _env(
     metadata: Mapping[str, Any],
     pod_ip: str,
     secrets: Mapping[str, Mapping[str, str]],
-) -> list:
-    out = []
+) -> list[tuple[str, str]]:
+    """(name, value) of the env entries that set a value, in order."""
+    out: list[tuple[str, str]] = []
     for item in items:
         if "value" in item:
             out.append((item["name"], str(item["value"])))
