@@ -89,7 +89,9 @@ def test_uvicorn_calls_our_hooks_and_each_worker_gets_only_its_socket(
             nonlocal rounds
             rounds += 1
             if rounds == 1:
-                supervisor.processes[1].alive = False  # a worker died
+                worker = supervisor.processes[1]
+                assert isinstance(worker, RecordedProcess)  # the fixture's, not uvicorn's
+                worker.alive = False  # a worker died
             elif rounds > 1:
                 supervisor.should_exit.set()
             runner.SpreadingMultiprocess.keep_subprocess_alive(supervisor)
