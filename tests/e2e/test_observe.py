@@ -67,7 +67,8 @@ def access_lines(env: PodEnv) -> list[dict[str, Any]]:
 
 
 def scrape(env: PodEnv, port: int) -> str:
-    client = Client(env.netns, POD_IP, port, workers=1)  # type: ignore[arg-type]
+    assert env.netns
+    client = Client(env.netns, POD_IP, port, workers=1)
     reply = client.get("/metrics", timeout=10)
     assert reply.status == 200, reply.describe()
     return reply.body
