@@ -34,6 +34,7 @@ Scenario = Callable[..., Any]
 STOP = threading.Event()  # set at the end of the session: scenarios still running give up
 PARALLEL = max(1, int(os.environ.get("CACHE_INJECTOR_E2E_PARALLEL", "10")))
 DEFAULT_SECONDS = 30.0  # a scenario's expected wall time when it does not say
+_SECONDS: dict[Scenario, float] = {}  # what @lasts declared, by scenario
 
 
 class Cancelled(Exception):
@@ -55,7 +56,7 @@ def lasts(seconds: float) -> Callable[[Scenario], Scenario]:
     """Declare a scenario's usual wall time, so the longest are started first."""
 
     def mark(function: Scenario) -> Scenario:
-        function.seconds = seconds  # type: ignore[attr-defined]
+        _SECONDS[function] = seconds
         return function
 
     return mark
@@ -119,7 +120,7 @@ class Scenarios:
             if key not in self._jobs:
                 job = _Job(function, args)
                 self._jobs[key] = job
-                seconds = float(getattr(function, "seconds", DEFAULT_SECONDS))
+                seconds = _SECONDS.get(function, DEFAULT_SECONDS)
                 priority = -float("inf") if first else -seconds
                 self._queue.put((priority, next(self._order), job))
 
