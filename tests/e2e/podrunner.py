@@ -497,8 +497,8 @@ class PodRunner:
                 start_new_session=True,  # its own process group: stopped by that id
             )
         finally:
-            if log:
-                out.close()  # type: ignore[union-attr]
+            if not isinstance(out, int):  # a log file, not DEVNULL
+                out.close()
         with open(self.workdir / "pids", "a") as pids:
             pids.write(f"{process.pid}\n")
         return process
