@@ -8,7 +8,7 @@ the wall time: the 75 s steady-traffic runs, the 40 s DNS outages and the negati
 overlap instead of adding up. CACHE_INJECTOR_E2E_SERIAL=1 runs each only when its test does.
 
 At most CACHE_INJECTOR_E2E_PARALLEL (default 10) run at once, the longest first (a scenario
-function's `seconds` attribute, set with @lasts). Unbounded, all 54 started together on a
+function's `seconds` attribute, set with @lasts). Unbounded, all 54 (then) started together on a
 2-core machine: every varnishd compiled its VCL at the same moment (23-25 s to ready instead
 of 0.5 s) and the one Python process serving backends and clients for all of them was so
 starved that traffic generators sent 6 requests where 240 were due. Those failures were the
