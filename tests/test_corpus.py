@@ -161,5 +161,7 @@ def test_injected_pods_validate_with_every_option(policy_file: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         injected = yaml.safe_load(result.stdout)
-        assert template_of(injected)["spec"]["initContainers"][0]["name"] == "cache-haproxy"  # type: ignore[index]
+        template = template_of(injected)
+        assert template is not None, injected
+        assert template["spec"]["initContainers"][0]["name"] == "cache-haproxy"
         kubernetes_validate.validate(injected, KUBERNETES_VERSION, strict=True)

@@ -50,7 +50,7 @@ def in_context(path: str) -> bool:
 
 
 def copied_sources() -> set[str]:
-    sources = set()
+    sources: set[str] = set()
     for keyword, rest in stages()[0]:
         if keyword == "COPY" and "--from" not in rest:
             sources.update(part.rstrip("/") for part in shlex.split(rest)[:-1])

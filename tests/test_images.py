@@ -35,7 +35,8 @@ def injected(pod: dict[str, Any], policy: Policy, templates: Templates) -> dict[
         pod, namespace="shop", operation="CREATE", policy=policy, templates=templates
     )
     assert outcome.injected, outcome
-    return jsonpatch.apply_patch(copy.deepcopy(pod), copy.deepcopy(outcome.patch))
+    result: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(pod), copy.deepcopy(outcome.patch))
+    return result
 
 
 def sidecars(pod: dict[str, Any]) -> list[dict[str, Any]]:

@@ -36,7 +36,9 @@ def injected_pod(
 
 def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
     spec = pod["spec"]
-    found = [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == name]
+    found: list[dict[str, Any]] = [
+        c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == name
+    ]
     assert len(found) == 1, f"{name} appears {len(found)} times"
     return found[0]
 

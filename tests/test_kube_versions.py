@@ -41,7 +41,8 @@ def injected(pod: dict[str, Any], native: bool, templates: Templates) -> dict[st
         pod, namespace="shop", operation="CREATE", policy=policy, templates=templates
     )
     assert outcome.injected, outcome
-    return jsonpatch.apply_patch(copy.deepcopy(pod), copy.deepcopy(outcome.patch))
+    result: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(pod), copy.deepcopy(outcome.patch))
+    return result
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import make_pod, policy_from
 from tests.test_inject import container, injected_pod, run
 from webhook.engine import names, values
-from webhook.engine.errors import InvalidPolicy, PortClash
+from webhook.engine.errors import InvalidOptions, InvalidPolicy, PortClash
 from webhook.engine.inject import inject_pod
 from webhook.engine.patch import uninject
 from webhook.engine.policy import VARNISH_LOG_SIZE, Policy
@@ -95,10 +95,10 @@ def test_regular_containers_outlive_the_drain(templates: Templates) -> None:
 
 def test_exporter_port_clash_names_both_sides(policy: Policy, templates: Templates) -> None:
     outcome = run(make_pod(annotations=BOTH, ports=[names.EXPORTER_PORT]), policy, templates)
-    assert not outcome.allowed and outcome.error is not None
+    assert not outcome.allowed and isinstance(outcome.error, InvalidOptions), outcome
     text = str(outcome.error)
     assert "9131" in text and "cache-varnish-exporter" in text and "container app" in text
-    assert any(isinstance(p, PortClash) for p in outcome.error.problems)  # type: ignore[attr-defined]
+    assert any(isinstance(p, PortClash) for p in outcome.error.problems)
     # Without metrics the port is the app's to use.
     assert run(make_pod(ports=[names.EXPORTER_PORT]), policy, templates).injected
     named = make_pod(annotations=BOTH)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import cast
 
 import pytest
 
@@ -277,9 +278,11 @@ def test_unknown_annotation_keys_are_reported(key: str, warning: str) -> None:
 
 
 def test_non_string_annotation_value_is_invalid_not_a_crash(policy: Policy) -> None:
+    # Not what the API server sends, but what a hand-made review can: a number, not a string.
+    annotations = cast("dict[str, str]", {P + "backend": "a:1", P + "max-backends": 5})
     with pytest.raises(InvalidOptions, match="max-backends"):
         resolve_options(
-            {P + "backend": "a:1", P + "max-backends": 5},  # type: ignore[dict-item]
+            annotations,
             namespace="s",
             policy=policy,
         )

@@ -83,7 +83,7 @@ def test_hostile_annotations_never_escape_into_configs(annotations: dict[str, st
         ),
         min_size=1,
         max_size=4,
-        unique_by=lambda c: c["name"],
+        unique_by=lambda c: str(c["name"]),
     ),
     init=st.booleans(),
     volumes=st.booleans(),

@@ -294,7 +294,12 @@ def start_pod(
         before_start=before_start,
         label=f"datapath {variant}",
     )
-    stack.callback(lambda: [backend.stop() for backend in backends])
+
+    def stop_backends() -> None:
+        for backend in backends:
+            backend.stop()
+
+    stack.callback(stop_backends)
     stack.callback(env.close)
     env.start()
     for path, expect in ((HIT_PATH, "HIT"), (MISS_PATH, "MISS")):
@@ -558,12 +563,12 @@ def table(runs: list[Run]) -> str:
                         a.requests_per_second / b.requests_per_second
                         for a, b in zip(on, off, strict=True)
                     ]
-                    p50 = [1000 * (a.p50_ms - b.p50_ms) for a, b in zip(on, off, strict=True)]
+                    p50s = [1000 * (a.p50_ms - b.p50_ms) for a, b in zip(on, off, strict=True)]
                     shown.append(
                         "req/s "
                         + ", ".join(f"{x:.2f}x" for x in rps)
                         + "; p50 "
-                        + ", ".join(f"{x:+.0f} us" for x in p50)
+                        + ", ".join(f"{x:+.0f} us" for x in p50s)
                     )
             lines.append(
                 f"-p debug=+vclrel on a HIT, c{connections} (on vs off, pairs): "

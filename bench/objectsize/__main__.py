@@ -24,19 +24,20 @@ def run(percent: int) -> list[int]:
         "cache-injector.io/max-object-size": f"{percent}%",
     }
     with PodEnv(generation("newest"), annotations=annotations, backends=1, label="bench") as env:
+        netns = env.netns
+        assert netns is not None  # PodEnv.start() made it
 
         def hits() -> int:
             return sum(
-                download(env.netns, POD_IP, LISTEN_PORT, path).cache == "HIT"
-                for path in WORKING_SET
+                download(netns, POD_IP, LISTEN_PORT, path).cache == "HIT" for path in WORKING_SET
             )
 
         for path in WORKING_SET:
-            download(env.netns, POD_IP, LISTEN_PORT, path)
+            download(netns, POD_IP, LISTEN_PORT, path)
         counts = [hits()]
         size = CACHE * percent // 100 - 4096  # just under the limit: stored
         for index in range(3):
-            download(env.netns, POD_IP, LISTEN_PORT, f"/big/{size}/length/large{index}")
+            download(netns, POD_IP, LISTEN_PORT, f"/big/{size}/length/large{index}")
             counts.append(hits())
         return counts
 

@@ -74,30 +74,45 @@ def status(code: int, reason: str, message: str) -> dict[str, Any]:
     }
 
 
-def _requirements(selector: str) -> list[Callable[[Mapping[str, str]], bool]]:
+Requirement = Callable[[Mapping[str, str]], bool]
+
+
+def _value_in(key: str, values: set[str], *, negate: bool) -> Requirement:
+    """`key in (...)` / `key notin (...)`: a label that is absent is never "in"."""
+    return lambda labels: (labels.get(key) in values) != negate
+
+
+def _value_is(key: str, value: str, *, negate: bool) -> Requirement:
+    """`key=value` / `key!=value`: a label that is absent is never equal."""
+    return lambda labels: (labels.get(key) == value) != negate
+
+
+def _exists(key: str, *, negate: bool) -> Requirement:
+    """`key` / `!key`."""
+    return lambda labels: (key in labels) != negate
+
+
+def _requirements(selector: str) -> list[Requirement]:
     """A label selector string (=, ==, !=, in, notin, exists, !exists) as predicates."""
-    tests: list[Callable[[Mapping[str, str]], bool]] = []
+    tests: list[Requirement] = []
     for raw in re.findall(r"[^,(]+(?:\([^)]*\))?", selector):
         part = raw.strip()
         if not part:
             continue
         match = re.match(r"^(\S+)\s+(in|notin)\s+\((.*)\)$", part)
         if match:
-            key, op, values = match[1], match[2], {v.strip() for v in match[3].split(",")}
-            if op == "in":
-                tests.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
-            else:
-                tests.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+            values = {v.strip() for v in match[3].split(",")}
+            tests.append(_value_in(match[1], values, negate=match[2] == "notin"))
         elif "!=" in part:
             key, value = part.split("!=", 1)
-            tests.append(lambda labels, k=key, v=value: labels.get(k) != v)
+            tests.append(_value_is(key, value, negate=True))
         elif "=" in part:
             key, value = re.split(r"==?", part, maxsplit=1)
-            tests.append(lambda labels, k=key, v=value: labels.get(k) == v)
+            tests.append(_value_is(key, value, negate=False))
         elif part.startswith("!"):
-            tests.append(lambda labels, k=part[1:]: k not in labels)
+            tests.append(_exists(part[1:], negate=True))
         else:
-            tests.append(lambda labels, k=part: k in labels)
+            tests.append(_exists(part, negate=False))
     return tests
 
 

@@ -71,8 +71,10 @@ def check_serving_certificate(data: dict[str, str], dns_names: list[str]) -> x50
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert cert.issuer == ca.subject
     cert.verify_directly_issued_by(ca)
-    assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
     assert isinstance(key, ec.EllipticCurvePrivateKey)
+    public = cert.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    assert key.public_key().public_numbers() == public.public_numbers()
     assert sorted(_sans(cert)) == sorted(dns_names)
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     return cert

@@ -84,7 +84,7 @@ def inject_as(manifest: dict[str, Any], revision: str, labels: dict[str, str]) -
         revision=revision,
     )
     assert outcome.injected, outcome.decision
-    injected = jsonpatch.apply_patch(manifest, copy.deepcopy(outcome.patch))
+    injected: dict[str, Any] = jsonpatch.apply_patch(manifest, copy.deepcopy(outcome.patch))
     injected["status"] = status
     return injected
 

@@ -66,14 +66,11 @@ def api() -> Iterator[FakeApiServer]:
     server.add(namespace("blog", {}))
     for name in ("web", "api", "old", "img"):
         server.add(deployment(name))
-    rs = {"owner": ("ReplicaSet", "web-5d4f"), "labels": {"pod-template-hash": "5d4f"}}
-    server.add(pod("web-5d4f-a", **rs))  # type: ignore[arg-type]
-    server.add(pod("web-5d4f-b", injected=False, **rs))  # type: ignore[arg-type]
-    api_rs = {
-        "owner": ("ReplicaSet", "api-77aa"),
-        "labels": {"app": "api", "pod-template-hash": "77aa"},
-    }
-    server.add(pod("api-77aa-a", policy=OLD_DEFAULTS, **api_rs))  # type: ignore[arg-type]
+    rs, rs_labels = ("ReplicaSet", "web-5d4f"), {"pod-template-hash": "5d4f"}
+    server.add(pod("web-5d4f-a", owner=rs, labels=rs_labels))
+    server.add(pod("web-5d4f-b", injected=False, owner=rs, labels=rs_labels))
+    api_rs, api_labels = ("ReplicaSet", "api-77aa"), {"app": "api", "pod-template-hash": "77aa"}
+    server.add(pod("api-77aa-a", policy=OLD_DEFAULTS, owner=api_rs, labels=api_labels))
     server.add(
         old_version(
             pod("old-1-a", owner=("ReplicaSet", "old-1"), labels={"pod-template-hash": "1"})

@@ -31,6 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -332,7 +333,7 @@ class BackendPod:
     def start(self) -> None:
         self.stopping = False
         for address in [self.ip] + ([self.ip6] if self.ip6 else []):
-            server = self.netns.call(lambda address=address: _Server(self, address))  # type: ignore[misc]
+            server = self.netns.call(partial(_Server, self, address))
             threading.Thread(
                 target=server.serve_forever, name=f"backend-{self.name}", daemon=True
             ).start()

@@ -112,9 +112,20 @@ class Client:
             self._send, path, method, dict(headers or {}), source, timeout, host
         )
 
-    def get(self, path: str, **options: object) -> Reply:
-        """One request; options as submit()'s (method, headers, source, timeout, host)."""
-        return self.submit(path, **options).result(timeout=60)  # type: ignore[arg-type]
+    def get(
+        self,
+        path: str,
+        *,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+        source: str | None = None,
+        timeout: float = 10,
+        host: str | None = None,
+    ) -> Reply:
+        """One request, waited for; the options are submit()'s."""
+        return self.submit(
+            path, method=method, headers=headers, source=source, timeout=timeout, host=host
+        ).result(timeout=60)
 
 
 class Traffic:

@@ -86,7 +86,7 @@ class _Resolver:
         return self.dns.answer(request)
 
 
-class _Handler(DNSHandler):  # type: ignore[misc]
+class _Handler(DNSHandler):  # type: ignore[misc]  # dnslib is untyped: a subclass of Any
     """dnslib's handler, plus the `timeout` mode: read the query and send nothing."""
 
     def handle(self) -> None:
@@ -97,7 +97,7 @@ class _Handler(DNSHandler):  # type: ignore[misc]
         super().handle()
 
 
-class _Quiet(DNSLogger):  # type: ignore[misc]
+class _Quiet(DNSLogger):  # type: ignore[misc]  # dnslib is untyped: a subclass of Any
     def __init__(self) -> None:
         super().__init__(log="-request,-reply,-truncated,-error", logf=lambda _text: None)
 

@@ -20,8 +20,8 @@ def main() -> None:
     pid = os.fork()
     if pid == 0:
         # What Python changed for itself is not the container's: default dispositions.
-        for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
-            signal.signal(number, signal.SIG_DFL)
+        for reset in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+            signal.signal(reset, signal.SIG_DFL)
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # until its uid changes
         try:
             os.execvp(argv[0], argv)

@@ -172,8 +172,9 @@ def _env(
     metadata: Mapping[str, Any],
     pod_ip: str,
     secrets: Mapping[str, Mapping[str, str]],
-) -> list:
-    out = []
+) -> list[tuple[str, str]]:
+    """(name, value) of the env entries that set a value, in order."""
+    out: list[tuple[str, str]] = []
     for item in items:
         if "value" in item:
             out.append((item["name"], str(item["value"])))
@@ -496,8 +497,8 @@ class PodRunner:
                 start_new_session=True,  # its own process group: stopped by that id
             )
         finally:
-            if log:
-                out.close()  # type: ignore[union-attr]
+            if not isinstance(out, int):  # a log file, not DEVNULL
+                out.close()
         with open(self.workdir / "pids", "a") as pids:
             pids.write(f"{process.pid}\n")
         return process

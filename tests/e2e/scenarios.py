@@ -8,7 +8,7 @@ the wall time: the 75 s steady-traffic runs, the 40 s DNS outages and the negati
 overlap instead of adding up. CACHE_INJECTOR_E2E_SERIAL=1 runs each only when its test does.
 
 At most CACHE_INJECTOR_E2E_PARALLEL (default 10) run at once, the longest first (a scenario
-function's `seconds` attribute, set with @lasts). Unbounded, all 54 started together on a
+function's `seconds` attribute, set with @lasts). Unbounded, all 54 (then) started together on a
 2-core machine: every varnishd compiled its VCL at the same moment (23-25 s to ready instead
 of 0.5 s) and the one Python process serving backends and clients for all of them was so
 starved that traffic generators sent 6 requests where 240 were due. Those failures were the
@@ -34,6 +34,7 @@ Scenario = Callable[..., Any]
 STOP = threading.Event()  # set at the end of the session: scenarios still running give up
 PARALLEL = max(1, int(os.environ.get("CACHE_INJECTOR_E2E_PARALLEL", "10")))
 DEFAULT_SECONDS = 30.0  # a scenario's expected wall time when it does not say
+_SECONDS: dict[Scenario, float] = {}  # what @lasts declared, by scenario
 
 
 class Cancelled(Exception):
@@ -55,7 +56,7 @@ def lasts(seconds: float) -> Callable[[Scenario], Scenario]:
     """Declare a scenario's usual wall time, so the longest are started first."""
 
     def mark(function: Scenario) -> Scenario:
-        function.seconds = seconds  # type: ignore[attr-defined]
+        _SECONDS[function] = seconds
         return function
 
     return mark
@@ -119,7 +120,7 @@ class Scenarios:
             if key not in self._jobs:
                 job = _Job(function, args)
                 self._jobs[key] = job
-                seconds = float(getattr(function, "seconds", DEFAULT_SECONDS))
+                seconds = _SECONDS.get(function, DEFAULT_SECONDS)
                 priority = -float("inf") if first else -seconds
                 self._queue.put((priority, next(self._order), job))
 

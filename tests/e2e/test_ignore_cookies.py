@@ -56,6 +56,7 @@ def test_ignored_cookies_are_cached_others_pass_sticky_still_works(gen_name: str
         ]
         assert not errors(stays) and set(pods(stays)) == {login.pod}, [r.describe() for r in stays]
         # A WebSocket is piped: the sticky cookie still picks its pod (vcl_pipe hands it on).
+        assert env.netns
         sockets = [
             WebSocket(env.netns, POD_IP, LISTEN_PORT, headers={"Cookie": f"_ga=1; {sticky}"})
             for _ in range(3)

@@ -51,6 +51,8 @@ def large_responses(gen_name: str) -> Seen:
     gen = generation(gen_name)
     annotations = {"cache-injector.io/cache-size": "16Mi"}
     with PodEnv(gen, annotations=annotations, backends=2, memory_limits=True, label="large") as env:
+        netns = env.netns
+        assert netns is not None  # PodEnv.start() made it
         seen = Seen(gen.label)
         done = threading.Event()
 
@@ -65,7 +67,7 @@ def large_responses(gen_name: str) -> Seen:
         sampler.start()
 
         def get(path: str) -> Download:
-            return download(env.netns, POD_IP, LISTEN_PORT, path)
+            return download(netns, POD_IP, LISTEN_PORT, path)
 
         try:
             seen.working_set_before = [get(p).cache for p in WORKING_SET]
@@ -84,11 +86,11 @@ def large_responses(gen_name: str) -> Seen:
             # Larger than Transient (64Mi), to a client slower than the backend (~40 MB/s).
             slow = f"/big/{CACHE * 6}/length/slow"
             for attempt in (1, 2):
-                reply = download(env.netns, POD_IP, LISTEN_PORT, slow, pace=0.0015)
+                reply = download(netns, POD_IP, LISTEN_PORT, slow, pace=0.0015)
                 seen.downloads.append((f"6x length slow client #{attempt}", reply))
             # The same with a cookie: passed from vcl_recv (uncacheable whatever its size).
             reply = download(
-                env.netns, POD_IP, LISTEN_PORT, slow, pace=0.0015, headers={"Cookie": "s=1"}
+                netns, POD_IP, LISTEN_PORT, slow, pace=0.0015, headers={"Cookie": "s=1"}
             )
             seen.downloads.append(("6x length slow client, passed (cookie)", reply))
             seen.working_set_after = [get(p).cache for p in WORKING_SET]

@@ -53,12 +53,14 @@ class Seen:
 def long_lived(gen_name: str) -> Seen:
     gen = generation(gen_name)
     with PodEnv(gen, backends=3, memory_limits=True, label="long-lived") as env:
+        netns = env.netns
+        assert netns is not None  # PodEnv.start() made it
         seen = Seen(gen.label)
 
         def stream() -> None:
             began = time.monotonic()
             status, headers, events, heartbeats, error = read_events(
-                env.netns, POD_IP, LISTEN_PORT, f"/events/{STREAM:.0f}"
+                netns, POD_IP, LISTEN_PORT, f"/events/{STREAM:.0f}"
             )
             seen.stream_seconds = time.monotonic() - began
             seen.events, seen.heartbeats = events, heartbeats
@@ -68,19 +70,19 @@ def long_lived(gen_name: str) -> Seen:
         reader.start()
         sockets: list[WebSocket] = []
         try:
-            socket = WebSocket(env.netns, POD_IP, LISTEN_PORT)
+            socket = WebSocket(netns, POD_IP, LISTEN_PORT)
             sockets.append(socket)
             seen.handshake = (socket.status, socket.headers.get("upgrade", ""))
             seen.echoes.append(socket.echo("before"))
             began = time.monotonic()
             # Meanwhile: balancing of new connections, and memory per open connection.
             for _ in range(BALANCED):
-                other = WebSocket(env.netns, POD_IP, LISTEN_PORT)
+                other = WebSocket(netns, POD_IP, LISTEN_PORT)
                 sockets.append(other)
                 seen.balanced.append(other.echo("which").split()[0])
             before = {name: _usage(env, name) for name in ("cache-varnish", "cache-haproxy")}
             for _ in range(OPEN):
-                other = WebSocket(env.netns, POD_IP, LISTEN_PORT)
+                other = WebSocket(netns, POD_IP, LISTEN_PORT)
                 sockets.append(other)
                 other.echo("open")
             time.sleep(1)
@@ -90,7 +92,7 @@ def long_lived(gen_name: str) -> Seen:
             seen.idle_seconds = time.monotonic() - began
             seen.echoes.append(socket.echo("after"))
             # A second SSE request: passed (never served from a cached stream).
-            _, headers, _, _, _ = read_events(env.netns, POD_IP, LISTEN_PORT, "/events/0")
+            _, headers, _, _, _ = read_events(netns, POD_IP, LISTEN_PORT, "/events/0")
             seen.second_stream_pods.append(headers.get("x-cache", ""))
         except (OSError, ConnectionError, ValueError) as err:
             seen.errors.append(f"{type(err).__name__}: {err}")

@@ -15,6 +15,7 @@ import re
 import time
 from collections import Counter
 from concurrent.futures import wait
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +68,26 @@ def access_lines(env: PodEnv) -> list[dict[str, Any]]:
 
 
 def scrape(env: PodEnv, port: int) -> str:
-    client = Client(env.netns, POD_IP, port, workers=1)  # type: ignore[arg-type]
+    assert env.netns
+    client = Client(env.netns, POD_IP, port, workers=1)
     reply = client.get("/metrics", timeout=10)
     assert reply.status == 200, reply.describe()
     return reply.body
 
 
-def samples(text: str) -> dict[str, float]:
+class Samples(dict[str, float]):
+    """Series -> value; one the scrape lacks reads as 0, as from a Counter, and is not added
+    (so `name in samples` still tells whether the scrape had it)."""
+
+    def __missing__(self, key: str) -> float:
+        return 0
+
+
+def samples(text: str) -> Samples:
     """name{labels} -> value, and name -> sum over its label sets, as exposed (the text
     format's parser would rename counters to *_total). Checks the text parses."""
     list(text_string_to_metric_families(text))  # raises on a malformed exposition
-    out: dict[str, float] = Counter()
+    out = Samples()
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
@@ -150,7 +160,7 @@ def observe_pod(gen_name: str) -> None:
             ("cache-access-log", "varnishncsa"),
             ("cache-varnish-exporter", "prometheus_varnish_exporter"),
         ):
-            assert wait_for(lambda n=name, p=program: running(env, n, p), timeout=20) is not None, (
+            assert wait_for(partial(running, env, name, program), timeout=20) is not None, (
                 env.runner.log_tail(name)
             )
         attach = wait_for(lambda: "/_.vsm_child/" in maps(env, "cache-access-log"), timeout=20)
@@ -290,13 +300,13 @@ def observe_pod(gen_name: str) -> None:
             "cache-access-log"
         )
         urls = {x["url"] for x in access_lines(env)}
-        first = next(at for at, url in probes if url in urls)
-        unlogged = sum(1 for at, url in probes if url not in urls and at < first)
+        first_logged = next(at for at, url in probes if url in urls)
+        unlogged = sum(1 for at, url in probes if url not in urls and at < first_logged)
         record(
             "19 access log",
             gen.label,
             "after a varnishd restart: first logged request (s after ready)",
-            round(first - restart["ready"], 1),
+            round(first_logged - restart["ready"], 1),
         )
         record("19 access log", gen.label, "requests before it, not logged", unlogged)
         restarted = samples(scrape(env, EXPORTER_PORT))

@@ -147,10 +147,12 @@ def test_purge_reaches_every_pod_with_the_token(tmp_path: Path, generation_name:
             assert set(caches(path).values()) == {"HIT"}, path
 
         # No token, or a wrong one, from outside the pod: refused, nothing purged.
-        outside = {"source": OTHER_CLIENT_IP, "headers": {"Host": f"{POD_IP}:{LISTEN_PORT}"}}
-        bare = envs["web-0"].http.get("/static/a", method="PURGE", **outside)  # type: ignore[arg-type]
+        host = {"Host": f"{POD_IP}:{LISTEN_PORT}"}
+        bare = envs["web-0"].http.get(
+            "/static/a", method="PURGE", source=OTHER_CLIENT_IP, headers=host
+        )
         assert bare.status == 401, bare.describe()
-        wrong_token = {**outside["headers"], "X-Cache-Token": TOKEN + "x"}  # type: ignore[dict-item]
+        wrong_token = {**host, "X-Cache-Token": TOKEN + "x"}
         wrong = envs["web-0"].http.get(
             "/static/a", method="PURGE", source=OTHER_CLIENT_IP, headers=wrong_token
         )

@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ def make_pod(
     annotations: dict[str, str] | None = None,
     name: str | None = None,
     generate_name: str | None = "web-5d8f7c9b6-",
-    ports: list[int] = (8000,),  # type: ignore[assignment]
+    ports: Sequence[int] = (8000,),
 ) -> dict[str, Any]:
     """A Pod as a ReplicaSet creates it: generateName, no namespace, labelled for us."""
     metadata: dict[str, Any] = {

@@ -108,8 +108,8 @@ class Client:
         """POST a review that must be answered with a review; its `response`."""
         answer = self.post(json.dumps(review).encode())
         assert answer.status_code == 200, answer.text
-        data: dict[str, Any] = answer.json()
-        return data["response"]
+        response: dict[str, Any] = answer.json()["response"]
+        return response
 
     def metric(self, name: str, **labels: str) -> float:
         """A sample's value from /metrics (0 when absent)."""

@@ -128,7 +128,7 @@ def dumps(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
-def fuzz(max_examples: int) -> Any:
+def fuzz(max_examples: int) -> settings:
     return settings(
         max_examples=max_examples,
         deadline=None,

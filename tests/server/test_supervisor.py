@@ -75,7 +75,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[RecordedProcess]]
 
 
 def test_uvicorn_calls_our_hooks_and_each_worker_gets_only_its_socket(
-    recorded: type[RecordedProcess],
+    recorded: type[RecordedProcess], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sockets = runner.listening_sockets("127.0.0.1", 0, 2)
     try:
@@ -89,12 +89,14 @@ def test_uvicorn_calls_our_hooks_and_each_worker_gets_only_its_socket(
             nonlocal rounds
             rounds += 1
             if rounds == 1:
-                supervisor.processes[1].alive = False  # a worker died
+                worker = supervisor.processes[1]
+                assert isinstance(worker, RecordedProcess)  # the fixture's, not uvicorn's
+                worker.alive = False  # a worker died
             elif rounds > 1:
                 supervisor.should_exit.set()
             runner.SpreadingMultiprocess.keep_subprocess_alive(supervisor)
 
-        supervisor.keep_subprocess_alive = keep_alive  # type: ignore[method-assign]
+        monkeypatch.setattr(supervisor, "keep_subprocess_alive", keep_alive)
         supervisor.run()  # uvicorn's loop: start, SIGHUP restart, replace the dead worker
     finally:
         for sock in sockets:
