@@ -154,7 +154,7 @@ VARNISH_THREADS_MIN = 10
 # and glibc gives threads up to 8 arenas per CPU of the node - not of the container's quota.
 # Evictions of a stream of unique tiny objects fragment them (bench/churn: default pod,
 # ~2 k/s; the 5 min after the cache filled): glibc's default +40 MiB, still +3.5 MiB/min;
-# 2 arenas +11 MiB in one run, flat (+2.6 MiB over 3.5 turnovers) in another; 1 arena
+# 2 arenas +11 to +13 MiB in 5 min (3 runs; in steps, not yet flat); 1 arena
 # +2 MiB, flat - but 1 arena cost MISSes 5-8 % of req/s (c=1, c=8, paired medians), 2 cost
 # nothing measurable on HITs or MISSes. A pod can set its own on cache-varnish (it wins).
 VARNISH_MALLOC_ARENAS = 2
