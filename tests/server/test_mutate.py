@@ -22,7 +22,7 @@ import yaml
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from webhook.serve import guard
-from webhook.serve.protocol import CorkedHttpToolsProtocol
+from webhook.serve.protocol import CorkedHttpToolsProtocol, InlineHttpToolsProtocol
 
 from .reviews import CorpusPod, corpus_pods, decoded_patch, make_pod, pod_review
 from .support import (
@@ -374,6 +374,8 @@ def test_runs_on_uvloop_and_httptools(client: Client, server: Server) -> None:
     assert issubclass(guard.GuardedHttpToolsProtocol, HttpToolsProtocol)
     # Each response leaves in one write (webhook/serve/protocol.py) under the guard too.
     assert issubclass(guard.GuardedHttpToolsProtocol, CorkedHttpToolsProtocol)
+    # And /mutate is answered inline when its body came whole (tests/server/test_lanes.py).
+    assert issubclass(guard.GuardedHttpToolsProtocol, InlineHttpToolsProtocol)
     started = server.events("started")
     assert started
     assert started[0]["loop"] == "webhook.serve.guard.HandshakeBoundedLoop"

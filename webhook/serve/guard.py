@@ -27,7 +27,7 @@ import uvicorn
 import uvloop
 
 from . import logs
-from .protocol import CorkedHttpToolsProtocol
+from .protocol import InlineHttpToolsProtocol
 
 # A TLS handshake on a cluster network takes milliseconds; the API server's own dialer gives
 # up after 10 s. Python's default is 60 s.
@@ -109,7 +109,7 @@ class HandshakeBoundedLoop(uvloop.Loop):
 _WAITING: collections.OrderedDict[GuardedHttpToolsProtocol, None] = collections.OrderedDict()
 
 
-class GuardedHttpToolsProtocol(CorkedHttpToolsProtocol):
+class GuardedHttpToolsProtocol(InlineHttpToolsProtocol):
     """uvicorn's httptools protocol with a header deadline, a connection cap, an in-flight
     limit that ignores idle connections, and `Connection: close` while draining; a response
     still leaves in one write (protocol.py)."""

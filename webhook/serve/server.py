@@ -289,11 +289,14 @@ class Webhook:
 
     /mutate reads the body bytes itself, hands them to the Admission and answers with
     prebuilt headers; FastAPI's request and response machinery would only add per-request cost
-    to the path the API server waits on.
+    to the path the API server waits on. A /mutate body that arrives with its headers is
+    answered without ASGI at all, by the HTTP protocol (protocol.InlineHttpToolsProtocol)
+    through `inline`: the same `answer_body`, so both ways log, count and answer alike.
     """
 
     def __init__(self, runtime: Runtime, api: FastAPI, deadlines: BodyDeadlines) -> None:
         self.runtime, self.api, self.deadlines = runtime, api, deadlines
+        self.inline = InlineMutate(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/mutate":
@@ -327,9 +330,30 @@ class Webhook:
             return
         except ClientGone:
             return
+        await respond(send, *self.answer_body(body, started))
+
+    def answer_body(self, body: bytes, started: float) -> tuple[int, bytes]:
+        """The status and body answering a whole /mutate body, logged and counted."""
         answer = self.runtime.admission.answer(body)
         account(answer, time.perf_counter() - started)
-        await respond(send, answer.status, answer.body)
+        return answer.status, answer.body
+
+
+class InlineMutate:
+    """protocol.InlineAnswer for /mutate: POSTs whose body is within the cap."""
+
+    __slots__ = ("headers", "max_body", "webhook")
+
+    def __init__(self, webhook: Webhook) -> None:
+        self.webhook = webhook
+        self.max_body = webhook.runtime.settings.max_body_bytes
+        self.headers = b"".join(name + b": " + value + b"\r\n" for name, value in JSON_HEADERS)
+
+    def wants(self, scope: Scope) -> bool:
+        return bool(scope["method"] == "POST" and scope["path"] == "/mutate")
+
+    def answer(self, body: bytes, started: float) -> tuple[int, bytes]:
+        return self.webhook.answer_body(body, started)
 
 
 def account(answer: Answer, elapsed: float) -> None:
