@@ -82,7 +82,7 @@ run: setup
 
 # Prints numbers, asserts nothing: admission latency/throughput vs the Go reference webhook.
 bench: setup daemons wrk
-	$(BIN)/python -m bench.admission
+	$(BIN)/python -m bench.admission $(BENCH_ARGS)
 
 # Prints numbers, asserts nothing: the injected pod's data path (start, idle memory, HIT and
 # MISS latency vs a plain varnishd) on both daemon generations; root and wrk needed.

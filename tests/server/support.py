@@ -3,6 +3,7 @@ certificate against the generated CA under the Service's DNS name."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -173,6 +174,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.kill(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # workers a killed supervisor left
         return self.process.returncode
 
 
@@ -208,7 +211,11 @@ def start_server(
         *extra,
     ]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        # Its own process group: stop() ends the workers too, even after a SIGKILL that
+        # leaves them orphaned (uvicorn's workers outlive a killed supervisor).
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return started(Server(port, process, log, ca), workers)
 
 
