@@ -85,7 +85,12 @@ def test_rollout_answers_every_review(tmp_path: Path, pki: Pki, test_policy: Pat
 
 
 def test_without_drain_reviews_fail(tmp_path: Path, pki: Pki, test_policy: Path) -> None:
-    """The negative control: the test above can fail."""
-    tally, _ = roll(tmp_path, pki, test_policy, drain="0")
-    print(f"rollout without drain: {tally.summary()}")
+    """The negative control: the test above can fail. Up to 3 rollouts, as failures here
+    depend on a client dialling in the ~0.2 s before the endpoints drop the stopped server:
+    usually 6-12 reviews fail, and 1 rollout in ~12 had none."""
+    for attempt in range(1, 4):
+        tally, _ = roll(tmp_path, pki, test_policy, drain="0")
+        print(f"rollout without drain, attempt {attempt}: {tally.summary()}")
+        if tally.failures:
+            break
     assert tally.failures
