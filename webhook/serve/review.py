@@ -11,13 +11,12 @@ Pure: bytes or dicts in, dicts or bytes out, so it is tested without a server.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
+import pybase64
 
 from ..engine.errors import (
     BackendNamespaceNotAllowed,
@@ -223,7 +222,7 @@ def response_for(uid: str, outcome: Outcome) -> dict[str, Any]:
     response: dict[str, Any] = {"uid": uid, "allowed": outcome.allowed}
     if outcome.allowed and outcome.patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(orjson.dumps(outcome.patch)).decode()
+        response["patch"] = pybase64.b64encode(orjson.dumps(outcome.patch)).decode()
     if not outcome.allowed:
         code = denial_code(outcome.error)
         message = str(outcome.error) if outcome.error else outcome.decision.message
@@ -250,7 +249,7 @@ def encode_response(uid: str, outcome: Outcome) -> bytes:
         return orjson.dumps(response_for(uid, outcome))
     out = _ANSWER_HEAD + orjson.dumps(uid) + b',"allowed":true'
     if outcome.patch:
-        patch = binascii.b2a_base64(orjson.dumps(outcome.patch), newline=False)
+        patch = pybase64.b64encode(orjson.dumps(outcome.patch))
         out += b',"patchType":"JSONPatch","patch":"' + patch + b'"'
     if outcome.warnings:
         out += b',"warnings":' + orjson.dumps(list(outcome.warnings))
