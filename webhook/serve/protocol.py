@@ -98,9 +98,9 @@ def find_inline(app: Any) -> InlineAnswer | None:
     """The app's `inline`, under the middlewares uvicorn may wrap it in (each keeps the app
     it wraps as `.app`: proxy headers, trace logging)."""
     for _ in range(4):
-        inline = getattr(app, "inline", None)
+        inline: InlineAnswer | None = getattr(app, "inline", None)
         if inline is not None:
-            return inline  # type: ignore[no-any-return]
+            return inline
         app = getattr(app, "app", None)
     return None
 
