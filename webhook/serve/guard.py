@@ -112,7 +112,7 @@ _WAITING: collections.OrderedDict[GuardedHttpToolsProtocol, None] = collections.
 class GuardedHttpToolsProtocol(InlineHttpToolsProtocol):
     """uvicorn's httptools protocol with a header deadline, a connection cap, an in-flight
     limit that ignores idle connections, and `Connection: close` while draining; a response
-    still leaves in one write (protocol.py)."""
+    still leaves in one write, and a whole /mutate request is answered inline (protocol.py)."""
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
