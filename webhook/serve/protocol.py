@@ -110,9 +110,10 @@ class InlineHttpToolsProtocol(CorkedHttpToolsProtocol):
 
     Why: a /mutate request almost always arrives whole in one read (uvloop hands over every
     TLS record of one socket read, up to 64 KiB, as one data_received; the API server's Go
-    client writes a review in 4 KiB records back to back), yet uvicorn would make a task, receive and send messages and an event for it,
-    and the app would await its body: with the answer itself ~20 µs, that machinery was a
-    third of a no-op review's CPU (p50 at c=1 212 -> 138 µs, docs/design.md "Server").
+    client writes a review in 4 KiB records back to back), yet uvicorn would make a task,
+    receive and send messages and an event for it, and the app would await its body. With
+    the answer itself ~20 µs, that machinery was a third of a no-op review's CPU (paired,
+    c=1: no-op p50 171-177 -> 147-165 µs; docs/design.md "Server").
     How: a request the app's `inline` wants is held when its headers are complete and
     answered in the parser's message-complete callback from the bytes already read, with the
     headers uvicorn would write. One whose body is not complete by the end of the read that
