@@ -117,7 +117,11 @@ def _render(case: str, pod: Mapping[str, object], policy: Policy, namespace: str
     args = varnish_args(outcome.options, policy)
     # The same pod with an image tagged 7.1: no transit_buffer, large passes piped instead.
     old_images = policy.model.images.model_copy(update={"varnish": "varnish:7.1"})
-    old = dataclasses.replace(policy, model=policy.model.model_copy(update={"images": old_images}))
+    old = dataclasses.replace(
+        policy,
+        model=policy.model.model_copy(update={"images": old_images}),
+        varnish_transit_buffer=False,  # as load_policy derives it for that image
+    )
     old_outcome = inject_pod(
         pod, namespace=namespace, operation="CREATE", policy=old, templates=load_templates()
     )

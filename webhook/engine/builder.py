@@ -174,18 +174,6 @@ def varnish_hash_buckets(cache_size: int) -> int:
 TRANSIT_BUFFER = "1M"
 
 
-def has_transit_buffer(image: str) -> bool:
-    """Does this Varnish image know transit_buffer? Not 7.1 and older (Debian 12's): an image
-    whose tag names such a version; any other tag (8.0, latest, a digest) is taken to."""
-    name = image.rsplit("/", 1)[-1].split("@", 1)[0]
-    tag = name.partition(":")[2]
-    parts = tag.split(".")
-    if len(parts) < 2 or not parts[0].isdigit() or not parts[1][:1].isdigit():
-        return True
-    minor = int("".join(c for c in parts[1] if c.isdigit()) or 0)
-    return (int(parts[0]), minor) >= (7, 2)
-
-
 def varnish_args(options: Options, policy: Policy) -> list[str]:
     """varnishd's arguments: storage sizes and the parameters our measurements call for."""
     cache_mib = max(1, options.cache_size // values.MIB)
@@ -235,7 +223,7 @@ def varnish_args(options: Options, policy: Policy) -> list[str]:
         "-p",
         f"backend_idle_timeout={names.VARNISH_BACKEND_IDLE_SECONDS}",
     ]
-    if has_transit_buffer(policy.model.images.varnish):
+    if policy.varnish_transit_buffer:
         args += ["-p", f"transit_buffer={TRANSIT_BUFFER}"]
     return args
 

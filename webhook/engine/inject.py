@@ -182,7 +182,7 @@ def inject_pod(
         namespace,
         policy.model.cluster_domain,
         policy.model.sticky_session_secret,
-        builder.has_transit_buffer(policy.model.images.varnish),
+        policy.varnish_transit_buffer,
     )
     configs = render_configs(options, target, templates)
     written = {names.ANNOTATION_HAPROXY_CFG: configs.haproxy_cfg}

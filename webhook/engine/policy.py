@@ -343,6 +343,7 @@ class Policy:
     excluded_namespaces: frozenset[str]
     max_cache_size: int
     transient_size: int
+    varnish_transit_buffer: bool  # the Varnish image knows transit_buffer (newer than 7.1)
     digest: str
     source: str = "built-in"
     warnings: tuple[str, ...] = field(default=())
@@ -608,6 +609,7 @@ def build_policy(data: Any, source: str = "policy") -> Policy:
         excluded_namespaces=frozenset(names.SYSTEM_NAMESPACES) | set(model.exclude_namespaces),
         max_cache_size=values.parse_size(model.limits.max_cache_size),
         transient_size=values.parse_size(model.transient_size),
+        varnish_transit_buffer=values.has_transit_buffer(model.images.varnish),
         digest=hashlib.sha256(canonical.encode()).hexdigest()[:16],
         source=source,
     )

@@ -247,6 +247,18 @@ def cookie_names_regex(names: tuple[str, ...]) -> str:
     return "(" + "|".join(parts) + ")"
 
 
+def has_transit_buffer(image: str) -> bool:
+    """Does this Varnish image know transit_buffer? Not 7.1 and older (Debian 12's): an image
+    whose tag names such a version; any other tag (8.0, latest, a digest) is taken to."""
+    name = image.rsplit("/", 1)[-1].split("@", 1)[0]
+    tag = name.partition(":")[2]
+    parts = tag.split(".")
+    if len(parts) < 2 or not parts[0].isdigit() or not parts[1][:1].isdigit():
+        return True
+    minor = int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    return (int(parts[0]), minor) >= (7, 2)
+
+
 def parse_option_value(kind: str, text: str, low: int | None, high: int | None) -> object:
     """Parse one option value by the kind named in the annotation table (names.OPTIONS)."""
     if kind == "backend":

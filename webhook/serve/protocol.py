@@ -16,7 +16,6 @@ change what uvicorn writes for the requests that go through ASGI.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any, Protocol
 
@@ -160,20 +159,20 @@ class InlineHttpToolsProtocol(CorkedHttpToolsProtocol):
             status, body = inline.answer(bytes(cycle.body), time.perf_counter())
         except Exception as err:
             # As uvicorn does for an app that raises: logged, a 500, the connection closed.
-            self.logger.log(logging.ERROR, "Exception in inline answer", exc_info=err)
-            self.transport.write(STATUS_LINE[500] + SERVER_ERROR)
-            self.transport.close()
-            self.on_response_complete()
-            return
-        head = [STATUS_LINE[status]]
-        for name, value in cycle.default_headers:
-            head += [name, b": ", value, b"\r\n"]
-        head += [inline.headers, b"content-length: %d\r\n" % len(body)]
-        if not cycle.keep_alive:
-            head.append(b"connection: close\r\n")
-        head += [b"\r\n", body]
-        self.transport.write(b"".join(head))
-        if not cycle.keep_alive:
+            self.logger.error("Exception in inline answer", exc_info=err)
+            response, close = STATUS_LINE[500] + SERVER_ERROR, True
+        else:
+            head = [STATUS_LINE[status]]
+            for name, value in cycle.default_headers:
+                head += [name, b": ", value, b"\r\n"]
+            head += [inline.headers, b"content-length: %d\r\n" % len(body)]
+            close = not cycle.keep_alive
+            if close:
+                head.append(b"connection: close\r\n")
+            head += [b"\r\n", body]
+            response = b"".join(head)
+        self.transport.write(response)
+        if close:
             self.transport.close()
         self.on_response_complete()
 

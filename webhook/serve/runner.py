@@ -207,8 +207,9 @@ def run(
             port=port,
             workers=workers,
             loop="uvloop",  # guard.ServingConfig makes it a HandshakeBoundedLoop
-            # httptools with the guard's deadlines and limits; one write per response
-            # (GuardedHttpToolsProtocol subclasses protocol.CorkedHttpToolsProtocol).
+            # httptools with the guard's deadlines and limits; one write per response, and
+            # /mutate answered inline (GuardedHttpToolsProtocol subclasses
+            # protocol.InlineHttpToolsProtocol).
             http=guard.GuardedHttpToolsProtocol,
             ws="none",
             lifespan="on",
