@@ -16,3 +16,14 @@ def instructions(text: str) -> list[tuple[str, str]]:
             keyword, _, rest = line.partition(" ")
             found.append((keyword.upper(), rest.strip()))
     return found
+
+
+def stages(text: str) -> list[list[tuple[str, str]]]:
+    """The instructions per build stage, each starting with its FROM."""
+    result: list[list[tuple[str, str]]] = []
+    for keyword, rest in instructions(text):
+        if keyword == "FROM":
+            result.append([])
+        if result:
+            result[-1].append((keyword, rest))
+    return result

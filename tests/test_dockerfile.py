@@ -13,21 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.chart.chart import render
-from tests.dockerfiles import instructions
+from tests.dockerfiles import stages
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 BUILD_TOOLS = ("gcc", "cc ", "g++", "make", "build-essential", "apt-get", "apk ")
-
-
-def stages() -> list[list[tuple[str, str]]]:
-    result: list[list[tuple[str, str]]] = []
-    for keyword, rest in instructions(DOCKERFILE):
-        if keyword == "FROM":
-            result.append([])
-        if result:
-            result[-1].append((keyword, rest))
-    return result
 
 
 def in_context(path: str) -> bool:
@@ -51,7 +41,7 @@ def in_context(path: str) -> bool:
 
 def copied_sources() -> set[str]:
     sources: set[str] = set()
-    for keyword, rest in stages()[0]:
+    for keyword, rest in stages(DOCKERFILE)[0]:
         if keyword == "COPY" and "--from" not in rest:
             sources.update(part.rstrip("/") for part in shlex.split(rest)[:-1])
     return sources
@@ -75,13 +65,13 @@ def test_dockerignore_keeps_the_context_small(path: str, expected: bool) -> None
 def test_image_user_lets_kubernetes_verify_run_as_non_root() -> None:
     """runAsNonRoot without runAsUser needs a numeric, non-zero USER in the image: with a
     name, the kubelet cannot verify it and refuses to start the container."""
-    (user,) = [rest for keyword, rest in stages()[-1] if keyword == "USER"]
+    (user,) = [rest for keyword, rest in stages(DOCKERFILE)[-1] if keyword == "USER"]
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and int(uid) > 0 and (not gid or gid.isdigit()), user
 
 
 def test_default_command_matches_the_chart() -> None:
-    (cmd,) = [rest for keyword, rest in stages()[-1] if keyword == "CMD"]
+    (cmd,) = [rest for keyword, rest in stages(DOCKERFILE)[-1] if keyword == "CMD"]
     arguments = re.findall(r'"([^"]*)"', cmd)
     assert arguments[0] == "serve"
     image_options = dict(zip(arguments[1::2], arguments[2::2], strict=True))

@@ -7,22 +7,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.dockerfiles import instructions
-from webhook.engine import builder
+from tests.dockerfiles import instructions, stages
+from webhook.engine import builder, names
 from webhook.engine.options import resolve_options
 from webhook.engine.policy import DEFAULT_IMAGES, RunAsUser, default_policy
 
 DOCKERFILE = Path(__file__).resolve().parents[1] / "images" / "varnish-exporter" / "Dockerfile"
 
 
+TEXT = DOCKERFILE.read_text()
+
+
 def steps() -> list[tuple[str, str]]:
-    return instructions(DOCKERFILE.read_text())
+    return instructions(TEXT)
 
 
 def final_stage() -> list[tuple[str, str]]:
-    found = steps()
-    last = max(i for i, (keyword, _) in enumerate(found) if keyword == "FROM")
-    return found[last:]
+    return stages(TEXT)[-1]
 
 
 def test_based_on_the_varnish_image_the_pods_run() -> None:
@@ -43,4 +44,4 @@ def test_installs_the_program_the_container_runs_as_varnishd_uid() -> None:
     _, target = stage["COPY"].split()[-2:]
     assert Path(target).name == command[0] and Path(target).parent.as_posix() == "/usr/local/bin"
     assert stage["USER"] == str(RunAsUser().varnish)
-    assert stage["EXPOSE"] == "9131" and f":{stage['EXPOSE']}" in command
+    assert stage["EXPOSE"] == str(names.EXPORTER_PORT) and f":{stage['EXPOSE']}" in command

@@ -60,8 +60,8 @@ from webhook.engine.values import parse_size
 
 HERE = Path(__file__).resolve().parent
 CONNECTIONS = 16
-COUNTERS = ("MAIN.client_req", "MAIN.n_object", "MAIN.n_objecthead", "MAIN.n_lru_nuked",
-            "SMA.s0.g_bytes", "MAIN.threads")  # fmt: skip
+COUNTERS = ("MAIN.n_object", "MAIN.n_objecthead", "MAIN.n_lru_nuked", "SMA.s0.g_bytes",
+            "MAIN.threads")  # fmt: skip
 MIB = 2**20
 
 
@@ -106,23 +106,6 @@ def start_pod(gen_name: str, label: str, variant: dict[str, str | None], scratch
 def stop_all(backends: list[SynthBackend]) -> None:
     for backend in backends:
         backend.stop()
-
-
-def counters(env: PodEnv) -> dict[str, int]:
-    state = env.runner.states["cache-varnish"]
-    program = Path(env.gen.varnish.path).parents[1] / "bin" / "varnishstat"
-    fields = [x for name in COUNTERS for x in ("-f", name)]
-    done = subprocess.run(
-        ["nsenter", f"--target={state.main_pid}", "--mount", "--pid", "--", str(program),
-         "-n", "/var/lib/varnish", "-1", *fields],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    out = {}
-    for line in done.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] in COUNTERS:
-            out[parts[0]] = int(parts[1])
-    return out
 
 
 def start_wrk(env: PodEnv, script: str, connections: int, seconds: int, out: Path,
@@ -188,7 +171,7 @@ def churn(gen_name: str, variant: dict[str, str | None], minutes: float, rate: i
         began = time.monotonic()
         while load.poll() is None and time.monotonic() - began < seconds + 60:
             time.sleep(max(0.0, every - (time.monotonic() - began) % every))
-            values = counters(env)
+            values = env.varnishstat(*COUNTERS)
             usage = env.runner.memory("cache-varnish")
             seen.samples.append(
                 Sample(

@@ -388,14 +388,7 @@ def measure(gen_name: str, round_number: int, seconds: int, scratch: Path) -> Ru
 
 def client_requests(env: PodEnv) -> int:
     """Varnish's own count of client requests (MAIN.client_req)."""
-    state = env.runner.states["cache-varnish"]
-    program = Path(env.gen.varnish.path).parents[1] / "bin" / "varnishstat"
-    done = subprocess.run(
-        ["nsenter", f"--target={state.main_pid}", "--mount", "--pid", "--", str(program),
-         "-n", "/var/lib/varnish", "-1", "-f", "MAIN.client_req"],
-        capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
-    return int(done.stdout.split()[1])
+    return env.varnishstat("MAIN.client_req")["MAIN.client_req"]
 
 
 def log_reader(

@@ -7,7 +7,6 @@ scrape of both Varnish generations is checked by tests/e2e/test_observe.py.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
@@ -15,15 +14,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import jsonpatch
 import promql_parser
 import pytest
 import yaml
 
-from tests.chart.chart import VALUE_SETS, Rendered, render
+from tests.chart.chart import FULLNAME, VALUE_SETS, Rendered, render
+from tests.conftest import make_pod
 from tests.daemons import missing
+from tests.test_inject import injected_pod
 from webhook.engine import names
-from webhook.engine.inject import inject_pod
 from webhook.engine.policy import default_policy
 from webhook.engine.render import load_templates
 
@@ -45,7 +44,7 @@ def rules(rendered: Rendered) -> list[dict[str, Any]]:
 
 
 def dashboard(rendered: Rendered) -> dict[str, Any]:
-    config_map = rendered.get("ConfigMap", "ci-cache-injector-dashboard")
+    config_map = rendered.get("ConfigMap", f"{FULLNAME}-dashboard")
     loaded: dict[str, Any] = json.loads(config_map["data"]["cache-injector-cache.json"])
     return loaded
 
@@ -65,27 +64,8 @@ def test_pod_monitor_selects_an_injected_pod_and_its_two_ports(rendered: Rendere
     monitor = rendered.one("PodMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "web-0",
-            "labels": {"app": "web", names.LABEL_INJECT: names.LABEL_ENABLED},
-            "annotations": {
-                names.PREFIX + "backend": "app:8080",
-                names.PREFIX + "metrics": "true",
-            },
-        },
-        "spec": {"containers": [{"name": "web", "image": "web:1"}]},
-    }
-    outcome = inject_pod(
-        pod,
-        namespace="shop",
-        operation="CREATE",
-        policy=default_policy(),
-        templates=load_templates(),
-    )
-    injected = jsonpatch.apply_patch(copy.deepcopy(pod), copy.deepcopy(outcome.patch))
+    pod = make_pod(annotations={names.PREFIX + "metrics": "true"})
+    injected = injected_pod(pod, default_policy(), load_templates())
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= injected["metadata"]["labels"].items()
     ports = {
@@ -129,7 +109,7 @@ def test_the_alerts_the_issue_asks_for(rendered: Rendered) -> None:
 
 
 def test_dashboard_config_map_for_the_grafana_sidecar(rendered: Rendered) -> None:
-    config_map = rendered.get("ConfigMap", "ci-cache-injector-dashboard")
+    config_map = rendered.get("ConfigMap", f"{FULLNAME}-dashboard")
     assert config_map["metadata"]["namespace"] == "monitoring"
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert config_map["metadata"]["annotations"] == {"grafana_folder": "Caches"}

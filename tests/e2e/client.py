@@ -342,11 +342,7 @@ def download(
         finally:
             connection.close()
 
-    pool = netns.executor(1)
-    try:
-        return pool.submit(run).result(timeout=timeout + 30)
-    finally:
-        pool.shutdown(wait=False)
+    return netns.call(run, timeout=timeout + 30)
 
 
 class WebSocket:
@@ -431,8 +427,4 @@ def read_events(
         finally:
             connection.close()
 
-    pool = netns.executor(1)
-    try:
-        return pool.submit(run).result(timeout=600)
-    finally:
-        pool.shutdown(wait=False)
+    return netns.call(run, timeout=600)

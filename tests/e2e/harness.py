@@ -29,6 +29,7 @@ from tests.e2e.clusterdns import ClusterDNS, PodRecord, Service
 from tests.e2e.netns import Netns
 from tests.e2e.podrunner import BASE_DIR, PodRunner, inject
 from tests.e2e.scenarios import record
+from webhook.engine.names import VARNISH_WORKDIR
 
 NAMESPACE = "shop"
 SERVICE = "app"
@@ -365,6 +366,22 @@ class PodEnv:
 
     def haproxy_log(self) -> str:
         return self.runner.log("cache-haproxy")
+
+    def varnishstat(self, *fields: str) -> dict[str, int]:
+        """Counters of the pod's varnishd by full name (`MAIN.n_object`; a field may be a glob
+        such as `MAIN.*`), read in cache-varnish with the generation's varnishstat, as
+        `kubectl exec` would."""
+        program = daemons.varnish_tool(self.gen.varnish.path, "varnishstat")
+        selected = [part for field in fields for part in ("-f", field)]
+        out = self.runner.exec(
+            "cache-varnish", [program, "-n", VARNISH_WORKDIR, "-1", *selected], timeout=30
+        )
+        counters = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                counters[parts[0]] = int(parts[1])
+        return counters
 
     def diagnostics(self) -> str:
         """What to print when a scenario fails: pod state and the sidecars' last log lines."""

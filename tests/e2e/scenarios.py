@@ -112,16 +112,14 @@ class Scenarios:
                 return
             job.run()
 
-    def start(self, function: Scenario, *args: Any, first: bool = False) -> None:
-        """Queue function(*args) unless it already is; `first` puts it ahead of the rest (a
-        test is waiting on it)."""
+    def start(self, function: Scenario, *args: Any) -> None:
+        """Queue function(*args) unless it already is, the longest first."""
         with self._lock:
             key = (function, *args)
             if key not in self._jobs:
                 job = _Job(function, args)
                 self._jobs[key] = job
-                seconds = _SECONDS.get(function, DEFAULT_SECONDS)
-                priority = -float("inf") if first else -seconds
+                priority = -_SECONDS.get(function, DEFAULT_SECONDS)
                 self._queue.put((priority, next(self._order), job))
 
     def start_marked(self, items: list[pytest.Item]) -> None:
@@ -138,7 +136,7 @@ class Scenarios:
         queue itself is bounded by the session's scenarios ahead of it."""
         mark = node.get_closest_marker("background")
         assert mark is not None, f"{node.nodeid} has no background mark"
-        self.start(*mark.args, first=True)
+        self.start(*mark.args)
         job = self._jobs[(*mark.args,)]
         queued = time.monotonic()
         while job.started_at is None and not job.finished.is_set():

@@ -13,12 +13,12 @@ import pytest
 from tests.e2e.client import WebSocket, errors, pods
 from tests.e2e.harness import LISTEN_PORT, POD_IP, PodEnv, generation
 from tests.e2e.scenarios import recorder
+from tests.e2e.test_sticky_sessions import STICKY, sticky_cookie
 
 pytestmark = pytest.mark.e2e
 
 ANALYTICS = "_ga=GA1.2.111.222; _gid=GA1.2.333.444; _ga_ABC123=GS1.1.555"
 IGNORE = {"cache-injector.io/ignore-cookies": "_ga,_ga_*,_gid"}
-STICKY = {"cache-injector.io/sticky-sessions": "true"}
 
 
 def _caches(env: PodEnv, path: str, cookie: str, times: int = 2) -> list[str]:
@@ -45,11 +45,7 @@ def test_ignored_cookies_are_cached_others_pass_sticky_still_works(gen_name: str
         assert seen == ["theme=dark", "theme=dark"], seen
 
         login = env.http.get("/nocache/login")
-        sticky = next(
-            line.split(";")[0]
-            for line in login.headers.get("set-cookie", "").split("\n")
-            if line.startswith("CACHESRV=")
-        )
+        sticky = sticky_cookie(login.headers.get("set-cookie", ""))
         stays = [
             env.http.get(f"/nocache/page/{i}", headers={"Cookie": f"{ANALYTICS}; {sticky}"})
             for i in range(9)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -61,18 +60,9 @@ def old_varnish(manifest: dict[str, Any]) -> None:
 
 
 def varnish_counters(env: PodEnv) -> dict[str, int]:
-    """MAIN.* counters of the pod's varnishd, read with varnishstat in its container."""
-    varnishd = Path(env.gen.varnish.path)
-    varnishstat = varnishd.parent.parent / "bin" / "varnishstat"
-    out = env.runner.exec(
-        "cache-varnish", [str(varnishstat), "-n", names.VARNISH_WORKDIR, "-1", "-f", "MAIN.*"]
-    )
-    values = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].startswith("MAIN."):
-            values[parts[0][len("MAIN.") :]] = int(parts[1])
-    return {name: values.get(name, 0) for name in COUNTERS}
+    """The COUNTERS of the pod's varnishd (MAIN.*), 0 for one it does not have."""
+    values = env.varnishstat("MAIN.*")
+    return {name: values.get(f"MAIN.{name}", 0) for name in COUNTERS}
 
 
 @lasts(95)

@@ -70,7 +70,8 @@ def large_responses(gen_name: str) -> Seen:
             return download(netns, POD_IP, LISTEN_PORT, path)
 
         try:
-            seen.working_set_before = [get(p).cache for p in WORKING_SET]
+            for path in WORKING_SET:  # stored by the first pass, found by the second
+                get(path)
             seen.working_set_before = [get(p).cache for p in WORKING_SET]
             seen.small = [get(SMALL).cache for _ in range(2)]
             for factor in (0.5, 1.5, 3):

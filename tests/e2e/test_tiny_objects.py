@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -83,21 +82,9 @@ def environ_values(pid: int, name: str) -> list[str]:
 
 
 def varnish_counters(env: PodEnv) -> dict[str, int]:
-    """MAIN.n_object, n_objecthead and n_lru_nuked, read by varnishstat in the container."""
-    state = env.runner.states["cache-varnish"]
-    program = Path(env.gen.varnish.path).parents[1] / "bin" / "varnishstat"
-    done = subprocess.run(
-        ["nsenter", f"--target={state.main_pid}", "--mount", "--pid", "--", str(program),
-         "-n", "/var/lib/varnish", "-1", "-f", "MAIN.n_object", "-f", "MAIN.n_objecthead",
-         "-f", "MAIN.n_lru_nuked"],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    out = {}
-    for line in done.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].startswith("MAIN."):
-            out[parts[0].removeprefix("MAIN.")] = int(parts[1])
-    return out
+    """MAIN.n_object, n_objecthead and n_lru_nuked, by their short names."""
+    counters = env.varnishstat("MAIN.n_object", "MAIN.n_objecthead", "MAIN.n_lru_nuked")
+    return {name.removeprefix("MAIN."): value for name, value in counters.items()}
 
 
 @lasts(25)

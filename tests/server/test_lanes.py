@@ -26,11 +26,9 @@ BACKEND = {"cache-injector.io/backend": "catalog-api:8080"}
 
 
 def request_bytes(body: bytes, *extra: bytes) -> tuple[bytes, bytes]:
-    head = b"POST /mutate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-    head += b"content-length: %d\r\n" % len(body)
-    for line in extra:
-        head += line + b"\r\n"
-    return head + b"\r\n", body
+    """A /mutate request for the body, as its head and its body."""
+    request = post("/mutate", body, b"content-type: application/json", *extra)
+    return request[: -len(body)], body
 
 
 class Connection:
