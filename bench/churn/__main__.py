@@ -42,15 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import stop_group, write_results
-from bench.datapath.__main__ import BACKEND_IP, SynthBackend, get
-from tests.e2e.clusterdns import PodRecord
+from bench.datapath.__main__ import get, synth_pod
 from tests.e2e.conftest import host_problem, sweep_stale_runs
 from tests.e2e.footprint import footprints
 from tests.e2e.harness import (
     LISTEN_PORT,
-    NAMESPACE,
     POD_IP,
-    SERVICE,
     PodEnv,
     generation,
     root_cleanup,
@@ -82,30 +79,13 @@ def set_env(variant: dict[str, str | None]) -> Any:
 def start_pod(gen_name: str, label: str, variant: dict[str, str | None], scratch: Path,
               stack: contextlib.ExitStack) -> PodEnv:  # fmt: skip
     """The default injected pod (with the variant), its DNS and a synth backend pod."""
-    backends: list[SynthBackend] = []
-
-    def before_start(env: PodEnv) -> None:
-        assert env.dns
-        backend = SynthBackend(env, scratch)
-        backends.append(backend)
-        backend.start()
-        env.dns.add_pod(NAMESPACE, SERVICE, PodRecord("bench-0", BACKEND_IP))
-
-    env = PodEnv(generation(gen_name), backends=0, edit_pod=set_env(variant),
-                 before_start=before_start, label=f"churn {label}", memory_limits=True)  # fmt: skip
-    stack.callback(stop_all, backends)
-    stack.callback(env.close)
-    env.start()
+    env = synth_pod(gen_name, scratch, stack, label=f"churn {label}", edit_pod=set_env(variant),
+                    memory_limits=True)  # fmt: skip
     for _ in range(2):
         status, cache = get(env, POD_IP, LISTEN_PORT, "/static/warm")
     if (status, cache) != (200, "HIT"):
         raise SystemExit(f"{label}: /static/warm answered {status} {cache}, not 200 HIT")
     return env
-
-
-def stop_all(backends: list[SynthBackend]) -> None:
-    for backend in backends:
-        backend.stop()
 
 
 def start_wrk(env: PodEnv, script: str, connections: int, seconds: int, out: Path,

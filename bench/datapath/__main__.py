@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,38 +271,66 @@ def memory(env: PodEnv) -> dict[str, dict[str, float]]:
 WARM_UP = 5  # seconds of HITs at 8 connections on each pod before measuring
 
 
-def start_pod(
-    gen_name: str, variant: str, scratch: Path, stack: contextlib.ExitStack
-) -> tuple[PodEnv, dict[str, float]]:
-    """A pod with its own namespace, DNS and synth backend pod, stopped by the stack. For
-    the injected one, a poller times the first proxied 200 from before the sidecars start."""
-    first_answer: dict[str, float] = {}
+def synth_pod(
+    gen_name: str,
+    scratch: Path,
+    stack: contextlib.ExitStack,
+    *,
+    label: str,
+    edit_pod: Callable[[dict[str, Any]], None] | None = None,
+    memory_limits: bool = False,
+    on_start: Callable[[PodEnv], None] | None = None,
+) -> PodEnv:
+    """A started pod with its own namespace, DNS and one synth backend pod, all stopped by
+    the stack; `on_start` runs once the backend answers, before the sidecars start."""
     backends: list[SynthBackend] = []
 
     def before_start(env: PodEnv) -> None:
-        assert env.dns and env.netns
+        assert env.dns
         backend = SynthBackend(env, scratch)
         backends.append(backend)
         backend.start()
         env.dns.add_pod(NAMESPACE, SERVICE, PodRecord("bench-0", BACKEND_IP))
-        if variant == "injected":
-            env.netns.executor(1).submit(poll_first_answer, env, first_answer)
-
-    env = PodEnv(
-        generation(gen_name),
-        backends=0,
-        edit_pod=plain_varnish if variant == "plain varnishd" else None,
-        before_start=before_start,
-        label=f"datapath {variant}",
-    )
+        if on_start is not None:
+            on_start(env)
 
     def stop_backends() -> None:
         for backend in backends:
             backend.stop()
 
+    env = PodEnv(
+        generation(gen_name),
+        backends=0,
+        edit_pod=edit_pod,
+        before_start=before_start,
+        label=label,
+        memory_limits=memory_limits,
+    )
     stack.callback(stop_backends)
     stack.callback(env.close)
     env.start()
+    return env
+
+
+def start_pod(
+    gen_name: str, variant: str, scratch: Path, stack: contextlib.ExitStack
+) -> tuple[PodEnv, dict[str, float]]:
+    """synth_pod for a variant. For the injected one, a poller times the first proxied 200
+    from before the sidecars start."""
+    first_answer: dict[str, float] = {}
+
+    def poll(env: PodEnv) -> None:
+        assert env.netns
+        env.netns.executor(1).submit(poll_first_answer, env, first_answer)
+
+    env = synth_pod(
+        gen_name,
+        scratch,
+        stack,
+        label=f"datapath {variant}",
+        edit_pod=plain_varnish if variant == "plain varnishd" else None,
+        on_start=poll if variant == "injected" else None,
+    )
     for path, expect in ((HIT_PATH, "HIT"), (MISS_PATH, "MISS")):
         answers = [get(env, POD_IP, LISTEN_PORT, path) for _ in range(2)]
         if answers[-1] != (200, expect):

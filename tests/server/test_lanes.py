@@ -59,13 +59,10 @@ class Connection:
 
     def answer(self) -> tuple[list[str], bytes]:
         """The next answer: its status line and headers but Date, and its body."""
-        head = self.read_until(b"\r\n\r\n").decode()
-        status, *lines = head.split("\r\n")
+        head = self.read_until(b"\r\n\r\n")
+        status, *lines = head.decode().split("\r\n")
         headers = sorted(line.lower() for line in lines if not line.lower().startswith("date:"))
-        length = next(
-            int(line.split(":")[1]) for line in headers if line.startswith("content-length")
-        )
-        return [status, *headers], self.read_exactly(length)
+        return [status, *headers], self.read_exactly(content_length(head))
 
     def close(self) -> None:
         self.tls.close()
@@ -86,6 +83,29 @@ def review(uid: str, injected: bool) -> bytes:
 
 def reviews_logged(server: Server, uid: str) -> int:
     return sum(1 for line in server.events("review") if line.get("uid") == uid)
+
+
+def content_length(head: bytes) -> int:
+    """The Content-Length of an answer's head (-1 when it has none)."""
+    lines = head.split(b"\r\n")
+    found = (
+        int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:")
+    )
+    return next(found, -1)
+
+
+@pytest.mark.parametrize("injected", [True, False], ids=["inject", "noop"])
+def test_a_response_is_one_tls_record(connection: Connection, injected: bool) -> None:
+    """Status line, headers and body leave in one write (webhook/serve/protocol.py): a TLS
+    read returns one record, so the first read after the answer arrived holds all of it."""
+    head, body = request_bytes(review(f"one-record-{injected}", injected))
+    for _ in range(3):  # the same on a kept-alive connection
+        connection.tls.sendall(head + body)
+        first = connection.tls.recv(65536)
+        top, _, answer = first.partition(b"\r\n\r\n")
+        assert top.startswith(b"HTTP/1.1 200"), first[:200]
+        assert len(answer) == content_length(top), (len(answer), content_length(top))
+        assert ("patch" in json.loads(answer)["response"]) is injected
 
 
 @pytest.mark.parametrize("injected", [True, False], ids=["inject", "noop"])
@@ -219,8 +239,7 @@ def exchange(port: int, *parts: bytes, pause: float = 0.0) -> list[bytes]:
                 bodies.append(head)
                 data = rest
                 continue
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), -1)  # fmt: skip
+            length = content_length(head)
             if found and 0 <= length <= len(rest):
                 bodies.append(head.split(b"\r\n", 1)[0] + b" " + rest[:length])
                 data = rest[length:]

@@ -429,31 +429,6 @@ def test_tls_1_2_and_1_3_accepted(version: ssl.TLSVersion, server: Server) -> No
         assert tls.version() == version.name.replace("_", ".")
 
 
-@pytest.mark.parametrize("injected", [True, False], ids=["inject", "noop"])
-def test_a_response_is_one_tls_record(server: Server, injected: bool) -> None:
-    """Status line, headers and body leave in one write (webhook/serve/protocol.py): a TLS
-    read returns one record, so the first read after the answer arrived holds all of it."""
-    labels = {} if injected else {"cache-injector.io/inject": "disabled"}
-    body = json.dumps(pod_review(make_pod(labels=labels, annotations=BACKEND))).encode()
-    request = (
-        b"POST /mutate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\n\r\n" % len(body)
-    ) + body
-    with (
-        socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
-        client_context(server.ca).wrap_socket(raw, server_hostname=SERVICE_DNS) as tls,
-    ):
-        for _ in range(3):  # the same on a kept-alive connection
-            tls.sendall(request)
-            first = tls.recv(65536)
-            head, _, answer = first.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200"), first[:200]
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:")))  # fmt: skip
-            assert len(answer) == length, (len(answer), length)
-            assert ("patch" in json.loads(answer)["response"]) is injected
-
-
 def test_tls_1_1_refused(server: Server) -> None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
