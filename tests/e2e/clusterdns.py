@@ -124,6 +124,11 @@ class ClusterDNS:
         with self._lock:
             self._services[(service.namespace, service.name)] = service
 
+    def replace_services(self, services: list[Service]) -> None:
+        """Every Service at once (tests/kube/dns.py: what the API holds now)."""
+        with self._lock:
+            self._services = {(s.namespace, s.name): s for s in services}
+
     def add_pod(self, namespace: str, service: str, pod: PodRecord) -> None:
         with self._lock:
             self._services[(namespace, service)].pods.append(pod)

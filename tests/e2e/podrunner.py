@@ -37,6 +37,7 @@ import os
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -61,6 +62,16 @@ MINIMUM_GRACE_SECONDS = 2  # minimumGracePeriodInSeconds: never less to stop a c
 BACKOFF_INITIAL_SECONDS = 10.0  # backOffPeriod
 BACKOFF_MAX_SECONDS = 300.0  # MaxContainerBackOff
 TEARDOWN_GRACE_SECONDS = 10  # close(): the test's own clean-up, not a kubelet behaviour
+
+
+def _unverified() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+_UNVERIFIED = _unverified()  # HTTPS probes, as the kubelet's: no certificate check
 
 
 def memory_cgroup_root() -> Path | None:
@@ -106,6 +117,7 @@ class Probe:
     failures: int
     timeout: float
     initial_delay: float
+    https: bool = False  # httpGet.scheme HTTPS: the kubelet does not verify the certificate
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any], ports: Mapping[str, int]) -> Probe:
@@ -124,6 +136,7 @@ class Probe:
             failures=int(spec.get("failureThreshold", 3)),
             timeout=float(spec.get("timeoutSeconds", 1)),
             initial_delay=float(spec.get("initialDelaySeconds", 0)),
+            https=str(action.get("scheme", "HTTP")).upper() == "HTTPS",
         )
 
 
@@ -212,6 +225,7 @@ class PodSpec:
     volumes: dict[str, dict[str, Any]]
     grace: int = DEFAULT_GRACE_SECONDS
     restart_policy: str = "Always"
+    service_account: str = "default"
 
     @classmethod
     def parse(
@@ -272,6 +286,7 @@ class PodSpec:
             volumes={v["name"]: v for v in spec.get("volumes") or []},
             grace=DEFAULT_GRACE_SECONDS if grace is None else int(grace),
             restart_policy=str(spec.get("restartPolicy") or "Always"),
+            service_account=str(spec.get("serviceAccountName") or "default"),
         )
 
 
@@ -404,6 +419,7 @@ class PodRunner:
         cluster_domain: str = "cluster.local",
         config_maps: Mapping[str, Mapping[str, str]] | None = None,
         secrets: Mapping[str, Mapping[str, str]] | None = None,
+        tokens: Mapping[str, str] | None = None,
         memory_limits: bool = False,
     ) -> None:
         self.netns = netns
@@ -412,6 +428,8 @@ class PodRunner:
         self.workdir = workdir
         self.daemons = dict(daemons)  # program name on PATH -> binary
         self.config_maps = dict(config_maps or {})
+        self.secrets = dict(secrets or {})
+        self.tokens = dict(tokens or {})  # ServiceAccount name -> token (projected volumes)
         self.states = {c.name: ContainerState(c) for c in self.spec.containers}
         self.pause: subprocess.Popen[bytes] | None = None
         self.backoff = Backoff()
@@ -473,17 +491,46 @@ class PodRunner:
         if "downwardAPI" in volume:
             for item in volume["downwardAPI"]["items"]:
                 files[item["path"]] = field_value(self.spec.metadata, item["fieldRef"]["fieldPath"])
-        elif "configMap" in volume:
-            data = self.config_maps[volume["configMap"]["name"]]
-            items = volume["configMap"].get("items") or [{"key": k, "path": k} for k in data]
-            files = {item["path"]: data[item["key"]] for item in items}
+        elif "configMap" in volume or "secret" in volume:
+            files = self._source_files(volume)
+        elif "projected" in volume:
+            for source in volume["projected"].get("sources") or []:
+                if "serviceAccountToken" in source:
+                    token = source["serviceAccountToken"]
+                    account = str(self.spec.service_account)
+                    if account not in self.tokens:
+                        raise NotImplementedError(f"volume {name}: no token for {account}")
+                    files[token["path"]] = self.tokens[account]
+                else:
+                    files.update(self._source_files(source))
         else:
-            raise NotImplementedError(f"volume {name}: only downwardAPI, configMap, emptyDir")
+            raise NotImplementedError(
+                f"volume {name}: only downwardAPI, configMap, secret, projected, emptyDir"
+            )
         for path, text in files.items():
             file = target / path
             file.parent.mkdir(parents=True, exist_ok=True)
             file.write_text(text)
             file.chmod(0o644)
+
+    def _source_files(self, source: Mapping[str, Any]) -> dict[str, str]:
+        """The files of a configMap, secret or downwardAPI volume (or projected source)."""
+        if "downwardAPI" in source:
+            return {
+                item["path"]: field_value(self.spec.metadata, item["fieldRef"]["fieldPath"])
+                for item in source["downwardAPI"]["items"]
+            }
+        kind = "configMap" if "configMap" in source else "secret"
+        ref = source[kind]
+        name = str(ref.get("secretName") or ref.get("name"))  # a volume's, or a projection's
+        store = self.config_maps if kind == "configMap" else self.secrets
+        data = store.get(name)
+        if data is None:
+            if ref.get("optional"):
+                return {}
+            raise NotImplementedError(f"{kind} {name}: missing (the kubelet would wait for it)")
+        items = ref.get("items") or [{"key": k, "path": k} for k in data]
+        return {item["path"]: data[item["key"]] for item in items if item["key"] in data}
 
     # -- processes ---------------------------------------------------------------------------
     def _spawn(self, argv: list[str], log: Path | None) -> subprocess.Popen[bytes]:
@@ -635,7 +682,15 @@ class PodRunner:
             if probe.kind == "tcp":
                 with socket.create_connection((self.pod_ip, probe.port), timeout=probe.timeout):
                     return True
-            connection = http.client.HTTPConnection(self.pod_ip, probe.port, timeout=probe.timeout)
+            connection: http.client.HTTPConnection
+            if probe.https:
+                connection = http.client.HTTPSConnection(
+                    self.pod_ip, probe.port, timeout=probe.timeout, context=_UNVERIFIED
+                )
+            else:
+                connection = http.client.HTTPConnection(
+                    self.pod_ip, probe.port, timeout=probe.timeout
+                )
             try:
                 connection.request(
                     "GET",
