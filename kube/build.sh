@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Builds the control plane (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) and
-# etcd named in go.mod into a folder outside the repository keyed by the release and go.sum, once
+# etcd named in RELEASE-FOLDER/go.mod into a folder outside the repository keyed by the release and go.sum, once
 # per machine; prints that folder. KUBE_BIN_CACHE overrides ~/.cache/cache-injector/kube.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
+script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+here="$(dirname "$script")/${1:?usage: build.sh RELEASE-FOLDER (v1.37, v1.34)}"
 cd "$here"
 kube="$(GOFLAGS=-mod=readonly go list -m -f '{{.Version}}' k8s.io/kubernetes)"
 etcd="$(GOFLAGS=-mod=readonly go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)"
-key="$(cat "$here/go.mod" "$here/go.sum" "$0" | sha256sum | cut -c1-12)"
+key="$(cat "$here/go.mod" "$here/go.sum" "$script" | sha256sum | cut -c1-12)"
 out="${KUBE_BIN_CACHE:-$HOME/.cache/cache-injector/kube}/$kube-$key"
 if [ -f "$out/.complete" ]; then echo "$out"; exit 0; fi
 minor="${kube#v1.}"; minor="${minor%%.*}"

@@ -1,5 +1,6 @@
 """The control plane's binaries: built once per machine by kube/build.sh from the pinned
-modules in kube/go.mod, and found here."""
+modules in kube/RELEASE/go.mod, and found here. NEWEST is what `make cluster` and the whole
+suite run; OLDEST (the oldest release served) runs the admission tests too."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "kube" / "build.sh"
+NEWEST = "v1.37"
+OLDEST = "v1.34"
+RELEASES = (NEWEST, OLDEST)
 PROGRAMS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
 
@@ -26,15 +30,15 @@ class Binaries:
 
 
 @functools.cache
-def binaries() -> Binaries:
-    """Build (first call on a machine: minutes) or find the binaries. KUBE_BIN_DIR names a
-    folder of prebuilt ones instead (its version is read from kube-apiserver)."""
-    given = os.environ.get("KUBE_BIN_DIR")
+def binaries(release: str = NEWEST) -> Binaries:
+    """Build (first call on a machine: minutes) or find one release's binaries. KUBE_BIN_DIR
+    names a folder of prebuilt ones for NEWEST instead (its version read from kube-apiserver)."""
+    given = os.environ.get("KUBE_BIN_DIR") if release == NEWEST else None
     if given:
         folder = Path(given)
     else:
         done = subprocess.run(
-            [str(BUILD)], capture_output=True, text=True, check=False, timeout=3600
+            [str(BUILD), release], capture_output=True, text=True, check=False, timeout=3600
         )
         if done.returncode != 0:
             raise RuntimeError(f"{BUILD} failed ({done.returncode}):\n{done.stderr[-4000:]}")

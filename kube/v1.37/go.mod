@@ -1,4 +1,5 @@
-// The real Kubernetes control plane and etcd the cluster suite and `make cluster` run, built
+// The newest Kubernetes release the Go module proxy serves here: what the cluster suite and
+// `make cluster` run, built
 // from their published Go modules (see README.md beside this file). k8s.io/kubernetes names its
 // staging modules at v0.0.0 with replaces to ./staging, which do not apply to a module that
 // depends on it: each is replaced by its published v0.N.x here.
