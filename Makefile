@@ -9,7 +9,7 @@ SHARED ?= ../shared
 export SHARED
 APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl prometheus-varnish-exporter
 
-.PHONY: setup daemons wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize bench-slots bench-churn clean
+.PHONY: setup daemons kube cluster cluster-test wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize bench-slots bench-churn clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,15 @@ daemons:
 		echo "NOTE: $(SHARED)/daemons not found: only Debian's haproxy 2.6 / varnish 7.1 are tested"; \
 	fi
 
+# The real control plane the cluster suite and `make cluster` run: kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl and etcd of the newest and the oldest
+# Kubernetes release served, built from their Go modules (kube/README.md) once per machine into
+# ~/.cache/cache-injector/kube (cold: about 6 min and 100 MB of modules a release).
+KUBE_RELEASES := v1.37 v1.34
+kube:
+	@command -v go >/dev/null || { echo "make kube: Go is needed (go.dev/doc/install)"; exit 1; }
+	@for release in $(KUBE_RELEASES); do kube/build.sh $$release >/dev/null; done
+
 LINT_PATHS := webhook tests bench
 
 lint: setup
@@ -45,14 +54,23 @@ lint: setup
 	$(BIN)/python -m webhook.tools.chartschema --check
 	$(BIN)/python -m tests.chart.lint
 
-test: setup daemons lint
+test: setup daemons kube lint
 	$(BIN)/pytest
 
 unit: setup
-	$(BIN)/pytest -q -m "not e2e"
+	$(BIN)/pytest -q -m "not e2e and not cluster"
 
 e2e: setup daemons
 	$(BIN)/pytest -q -m e2e
+
+# The cluster suite alone: the real control plane, the chart installed by Helm (root).
+cluster-test: setup daemons kube
+	$(BIN)/pytest -q -m cluster
+
+# A local control plane with the chart installed and the webhook from this checkout as its
+# Service's endpoints; prints the kubeconfig to use. Ctrl-C stops it (root).
+cluster: setup daemons kube
+	$(BIN)/python -m tests.kube.cluster $(CLUSTER_ARGS)
 
 # One injected pod with 3 backend pods, run for real (root): HIT/MISS, which pod answered,
 # the hit ratio from its own metrics and its access log lines.

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import helm_python
 from kubernetes import client, config
@@ -102,7 +102,7 @@ class Cluster:
                 self.binaries, self.network, self.workdir, host_port=self.host_port
             )
             self.control.start()
-            self.api = self.client()
+            self.api = self.api_client()
             self._wait_controllers()
             self._dns_service()
             self.dns = ApiClusterDNS(self.api, self.network)
@@ -123,7 +123,8 @@ class Cluster:
         self.started_in = time.monotonic() - began
         return self
 
-    def client(self) -> client.ApiClient:
+    def api_client(self) -> client.ApiClient:
+        """A new connection through the host forwarder, as the admin."""
         assert self.control is not None
         configuration = client.Configuration()
         config.load_kube_config(  # type: ignore[no-untyped-call]
@@ -174,14 +175,14 @@ class Cluster:
             },
         }
         with contextlib.suppress(client.exceptions.ApiException):
-            self.core.create_namespaced_service("kube-system", body)
+            self.core.create_namespaced_service("kube-system", cast(Any, body))
 
     def _wait_node_schedulable(self, timeout: float = READY_TIMEOUT) -> None:
         """Ready, and without the not-ready taint the node lifecycle controller may add."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             node = self.core.read_node("node-1")
-            taints = [t.key for t in node.spec.taints or []]
+            taints = [t.key for t in (node.spec.taints if node.spec else None) or []]
             if not any(t.startswith("node.kubernetes.io/") for t in taints):
                 return
             time.sleep(0.2)
@@ -264,19 +265,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"control plane and node-1 up in {cluster.started_in:.1f} s", flush=True)
         cluster.install_chart()
         core = cluster.core
-        core.create_namespace(
-            {
-                "metadata": {
-                    "name": DEMO_NAMESPACE,
-                    "labels": {"cache-injector.io/inject": "enabled"},
-                }
-            }
-        )
-        kubeconfig = cluster.kubeconfig
+        labels = {"cache-injector.io/inject": "enabled"}
+        core.create_namespace(cast(Any, {"metadata": {"name": DEMO_NAMESPACE, "labels": labels}}))
+        bin_dir = args.workdir / "bin"  # this release's kubectl, first on the user's PATH
+        bin_dir.mkdir(exist_ok=True)
+        (bin_dir / "kubectl").symlink_to(kube["kubectl"])
         print(
             f"\nReady in {time.monotonic() - began:.1f} s: chart {RELEASE} installed in namespace "
             f"{RELEASE_NAMESPACE}, namespace {DEMO_NAMESPACE} labelled for injection.\n\n"
-            f"  export KUBECONFIG={kubeconfig}\n"
+            f"  export KUBECONFIG={cluster.kubeconfig} PATH={bin_dir}:$PATH\n"
             f"  kubectl get pods -A\n"
             f"  kubectl -n {DEMO_NAMESPACE} apply -f docs/examples/cluster-demo.yaml\n\n"
             f"Cluster DNS {DNS_IP} ({CLUSTER_DOMAIN}); logs in {args.workdir}/logs. "

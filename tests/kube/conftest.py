@@ -10,7 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
@@ -103,7 +103,8 @@ def namespace(cluster: Cluster) -> Iterator[NamespaceFactory]:
             all_labels["pod-security.kubernetes.io/enforce"] = enforce
         if run:
             RUNNING_NAMESPACES.add(name)
-        cluster.core.create_namespace({"metadata": {"name": name, "labels": all_labels}})
+        body = {"metadata": {"name": name, "labels": all_labels}}
+        cluster.core.create_namespace(cast(Any, body))
         made.append(name)
         cluster.wait_service_account(name)
         return name

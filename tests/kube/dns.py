@@ -14,6 +14,7 @@ from kubernetes import client
 
 from tests.e2e.clusterdns import ClusterDNS, PodRecord, Service
 from tests.kube.network import DNS_IP, NodeNetwork
+from tests.kube.node import plain
 
 LOG = logging.getLogger(__name__)
 POLL = 0.5  # seconds; CoreDNS's watch is faster, the record TTL (5 s) is the same
@@ -78,10 +79,8 @@ class ApiClusterDNS:
     def sync(self) -> None:
         core = client.CoreV1Api(self.api)
         discovery = client.DiscoveryV1Api(self.api)
-        services = self.api.sanitize_for_serialization(core.list_service_for_all_namespaces())
-        slices = self.api.sanitize_for_serialization(
-            discovery.list_endpoint_slice_for_all_namespaces()
-        )
+        services = plain(self.api, core.list_service_for_all_namespaces())
+        slices = plain(self.api, discovery.list_endpoint_slice_for_all_namespaces())
         self.dns.replace_services(services_from(services["items"], slices["items"]))
 
     def _loop(self) -> None:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
@@ -53,6 +53,9 @@ class Image:
 
     entrypoint: tuple[str, ...]
     user: int | None = None
+    # Other programs the image puts on PATH, as (name, host binary): its containers' own
+    # commands (the webhook image's `python`, which the `helm test` Pod runs) find them.
+    programs: tuple[tuple[str, str], ...] = ()
 
 
 def checkout_images() -> dict[str, Image]:
@@ -66,7 +69,8 @@ def checkout_images() -> dict[str, Image]:
             not p.stat().st_mode & 0o001 for p in Path(sys.executable).resolve().parents
         ):
             user = None
-    return {"cache-injector": Image((str(cli),), user)}
+    python = (("python", sys.executable), ("python3", sys.executable))
+    return {"cache-injector": Image((str(cli),), user, python)}
 
 
 def image_name(reference: str) -> str:
@@ -75,6 +79,13 @@ def image_name(reference: str) -> str:
     name = reference.split("@", 1)[0]
     last = name.rsplit("/", 1)[-1]
     return last.split(":", 1)[0]
+
+
+def plain(api: client.ApiClient, obj: object) -> dict[str, Any]:
+    """A client model as the API's JSON (dicts and lists): what the runner and tests read."""
+    out = api.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+    assert isinstance(out, dict)
+    return out
 
 
 def now_rfc3339() -> str:
@@ -174,7 +185,7 @@ class Kubelet:
             },
         }
         with contextlib.suppress(ApiException):
-            self.core.create_node(body)
+            self.core.create_node(cast(Any, body))  # the client takes plain dicts too
         self.core.patch_node_status(self.name, {"status": self._node_status()})
         coordination = client.CoordinationV1Api(self.api)
         lease = {
@@ -186,7 +197,7 @@ class Kubelet:
             },
         }
         with contextlib.suppress(ApiException):
-            coordination.create_namespaced_lease("kube-node-lease", lease)
+            coordination.create_namespaced_lease("kube-node-lease", cast(Any, lease))
 
     @staticmethod
     def _micro_now() -> str:
@@ -223,23 +234,24 @@ class Kubelet:
                 listing = self.core.list_pod_for_all_namespaces(field_selector=selector)
                 seen = set()
                 for pod in listing.items:
-                    raw = self.api.sanitize_for_serialization(pod)
+                    raw = plain(self.api, pod)
                     seen.add(raw["metadata"]["uid"])
                     self._observe(raw)
                 for uid in set(self.pods) - seen:
                     self._vanished(uid)
-                stream = watch.Watch()
-                for event in stream.stream(
+                stream = watch.Watch()  # type: ignore[no-untyped-call]
+                version = listing.metadata.resource_version if listing.metadata else None
+                for event in stream.stream(  # type: ignore[no-untyped-call]
                     self.core.list_pod_for_all_namespaces,
                     field_selector=selector,
-                    resource_version=listing.metadata.resource_version,
+                    resource_version=version,
                     timeout_seconds=30,
                     _request_timeout=40,
                 ):
                     if self._stop.is_set():
-                        stream.stop()
+                        stream.stop()  # type: ignore[no-untyped-call]
                         break
-                    raw = self.api.sanitize_for_serialization(event["object"])
+                    raw = plain(self.api, event["object"])
                     if event["type"] == "DELETED":
                         self._vanished(raw["metadata"]["uid"])
                     elif event["type"] in ("ADDED", "MODIFIED"):
@@ -298,6 +310,17 @@ class Kubelet:
                     security["runAsUser"] = level["runAsUser"]
         return pod
 
+    def _programs(self, pod: dict[str, Any]) -> dict[str, str]:
+        """What the pod's containers find on PATH: its cache images' daemons, and the other
+        programs of its images (IMAGES)."""
+        programs = dict(self.daemons(pod))
+        for key in ("initContainers", "containers"):
+            for container in pod["spec"].get(key) or []:
+                image = self.images.get(image_name(str(container.get("image", ""))))
+                if image is not None:
+                    programs.update(image.programs)
+        return programs
+
     def _volume_sources(self, pod: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The ConfigMaps and Secrets the pod's volumes and env name, read from the API."""
         spec = pod["spec"]
@@ -347,9 +370,10 @@ class Kubelet:
             }
         }
         token = self.core.create_namespaced_service_account_token(
-            account, pod["metadata"]["namespace"], body
+            account, pod["metadata"]["namespace"], cast(Any, body)
         )
-        return {account: token.status.token}
+        assert token.status is not None
+        return {str(account): str(token.status.token)}
 
     def _run(self, entry: PodEntry) -> None:
         pod = entry.manifest
@@ -366,7 +390,7 @@ class Kubelet:
                     netns=netns,
                     pod_ip=entry.ip,
                     nameserver=DNS_IP,
-                    daemons=self.daemons(pod),
+                    daemons=self._programs(pod),
                     workdir=workdir,
                     config_maps=maps,
                     secrets=secrets,
@@ -538,12 +562,20 @@ class Kubelet:
         with self._lock:
             entries = list(self.pods.values())
             self.pods.clear()
-        for entry in entries:
+
+        def stop(entry: PodEntry) -> None:
             entry.gone = True
             runner = entry.runner
             if runner is not None:
                 with contextlib.suppress(Exception):
                     runner.close()
             self.network.remove_pod(entry.uid)
+
+        # Every pod at once: each may take its teardown grace (10 s) to stop.
+        stoppers = [threading.Thread(target=stop, args=(e,), daemon=True) for e in entries]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join(timeout=60)
         for thread in self._threads:
             thread.join(timeout=5)

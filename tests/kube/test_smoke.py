@@ -3,10 +3,11 @@ with both sidecars, and runs on the node."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from tests.kube.cluster import Cluster
 from tests.kube.conftest import NamespaceFactory, wait_for
+from tests.kube.node import plain
 
 RESTRICTED_CONTAINER: dict[str, Any] = {
     "securityContext": {
@@ -34,15 +35,18 @@ def test_bare_pod_restricted(cluster: Cluster, namespace: NamespaceFactory) -> N
             ]
         },
     }
-    cluster.core.create_namespaced_pod(ns, pod)
-    stored = cluster.core.read_namespaced_pod("web", ns)
-    names = [c.name for c in stored.spec.init_containers or []]
+    cluster.core.create_namespaced_pod(ns, cast(Any, pod))
+
+    def stored() -> dict[str, Any]:
+        return plain(cluster.api, cluster.core.read_namespaced_pod("web", ns))
+
+    names = [c["name"] for c in stored()["spec"].get("initContainers") or []]
     assert names == ["cache-haproxy", "cache-varnish"]
     ready = wait_for(
         "pod ready",
         lambda: any(
-            c.type == "Ready" and c.status == "True"
-            for c in cluster.core.read_namespaced_pod("web", ns).status.conditions or []
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in stored()["status"].get("conditions") or []
         ),
         timeout=60,
     )
