@@ -90,7 +90,7 @@ class Cluster:
         self.control: ControlPlane | None = None
         self.dns: ApiClusterDNS | None = None
         self.node: Kubelet | None = None
-        self.api: client.ApiClient | None = None
+        self._api: client.ApiClient | None = None
         self.started_in = 0.0
 
     # -- life ---------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ class Cluster:
                 self.binaries, self.network, self.workdir, host_port=self.host_port
             )
             self.control.start()
-            self.api = self.api_client()
+            self._api = self.api_client()
             self._wait_controllers()
             self._dns_service()
             self.dns = ApiClusterDNS(self.api, self.network)
@@ -131,6 +131,12 @@ class Cluster:
             config_file=str(self.control.kubeconfig), client_configuration=configuration
         )
         return client.ApiClient(configuration)
+
+    @property
+    def api(self) -> client.ApiClient:
+        """The admin's connection (once started)."""
+        assert self._api is not None, "the cluster is not started"
+        return self._api
 
     @property
     def core(self) -> client.CoreV1Api:
