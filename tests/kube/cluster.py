@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -26,6 +27,7 @@ import helm_python
 from kubernetes import client, config
 
 from tests import daemons
+from tests.e2e.podrunner import process_alive, remove_mount_points
 from tests.kube.binaries import Binaries, binaries
 from tests.kube.controlplane import CLUSTER_DOMAIN, ControlPlane
 from tests.kube.dns import ApiClusterDNS
@@ -41,6 +43,37 @@ RELEASE_NAMESPACE = "cache-injector"
 LOCAL_VALUES: dict[str, Any] = {"server": {"host": "::", "workers": 1}}
 READY_TIMEOUT = 120.0
 WORK_ROOT = Path("/var/lib/cache-injector-cluster")
+OWNER_FILE = "owner.pid"  # the process whose cluster this folder holds
+KEEP_ENV = "CACHE_INJECTOR_KEEP_CLUSTER"  # set: close() leaves the workdir (logs) in place
+
+
+def reap_stale_clusters() -> None:
+    """What killed runs left behind under WORK_ROOT (reap_folder each)."""
+    if WORK_ROOT.is_dir():
+        for folder in WORK_ROOT.iterdir():
+            reap_folder(folder)
+
+
+def reap_folder(folder: Path) -> None:
+    """A cluster folder whose owner is gone: the processes that name it (control plane,
+    pods), its network namespaces, the folder itself."""
+    with contextlib.suppress(OSError, ValueError):
+        owner = int((folder / OWNER_FILE).read_text())
+        if process_alive(owner):
+            return
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if str(folder).encode() in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+        prefix = (folder / "prefix").read_text().strip()
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        for line in listing.stdout.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if name.startswith(f"{prefix}-"):
+                subprocess.run(["ip", "netns", "delete", name], check=False)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def daemons_for(pod: Mapping[str, Any]) -> dict[str, str]:
@@ -79,7 +112,10 @@ class Cluster:
         # Not under /tmp: pods mount emptyDirs there (the webhook's own chart does), which
         # would hide their own volumes and resolv.conf from the container's mounts.
         WORK_ROOT.mkdir(parents=True, exist_ok=True)
+        reap_stale_clusters()
+        self.made_workdir = workdir is None  # removed by close() unless KEEP_ENV is set
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="cluster-", dir=WORK_ROOT))
+        (self.workdir / OWNER_FILE).write_text(str(os.getpid()))
         # Containers run as other users and must reach their pod's files (pki/ stays 0700).
         for folder in (WORK_ROOT, self.workdir):
             folder.chmod(0o755)
@@ -96,6 +132,7 @@ class Cluster:
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> Cluster:
         began = time.monotonic()
+        (self.workdir / "prefix").write_text(self.prefix)
         try:
             self.network = NodeNetwork(self.prefix)
             self.control = ControlPlane(
@@ -204,6 +241,9 @@ class Cluster:
         if self.network is not None:
             self.network.close()
         self.node = self.dns = self.control = self.network = None
+        remove_mount_points()
+        if self.made_workdir and not os.environ.get(KEEP_ENV):
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Cluster:
         return self.start()
@@ -259,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=6443, help="host loopback port (0: any)")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cluster")
     args = parser.parse_args(argv)
+    reap_folder(args.workdir)  # an earlier `make cluster` that was killed
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     began = time.monotonic()
