@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -305,9 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     kube = binaries()
     print(f"Kubernetes {kube.version} from {kube.folder}", flush=True)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the `with` below takes everything down
+
+    signal.signal(signal.SIGTERM, interrupt)
     with Cluster(args.workdir, prefix="ckdemo", host_port=args.port, kube=kube) as cluster:
         print(f"control plane and node-1 up in {cluster.started_in:.1f} s", flush=True)
         cluster.install_chart()
@@ -327,9 +328,12 @@ def main(argv: list[str] | None = None) -> int:
             "Ctrl-C stops everything.",
             flush=True,
         )
-        while not stop.wait(1):
-            assert cluster.control is not None
-            cluster.control.check_alive()
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(1)
+                assert cluster.control is not None
+                cluster.control.check_alive()
+        print("stopping (the pods first, as in a node drain: about 30 s)", flush=True)
     print("stopped", flush=True)
     return 0
 
