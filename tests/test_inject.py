@@ -262,6 +262,21 @@ def test_short_grace_period_warns_and_is_not_changed(policy: Policy, templates: 
     assert jsonpatch.apply_patch(pod, outcome.patch)["spec"]["terminationGracePeriodSeconds"] == 5
 
 
+@pytest.mark.parametrize(("grace", "sleep"), [(2, 2), (0, None), (None, 5), (7, 5)])
+def test_native_prestop_sleep_never_outlasts_the_grace_period(
+    grace: int | None, sleep: int | None, policy: Policy, templates: Templates
+) -> None:
+    """The API server rejects a sleep action longer than terminationGracePeriodSeconds
+    (found by tests/kube/test_failure.py: every pod of a Deployment with grace 2 refused)."""
+    pod = make_pod(spec={} if grace is None else {"terminationGracePeriodSeconds": grace})
+    injected = injected_pod(pod, policy, templates)
+    lifecycle = container(injected, "cache-varnish").get("lifecycle")
+    assert (lifecycle["preStop"]["sleep"]["seconds"] if lifecycle else None) == sleep
+    if grace is not None and grace < 5:
+        assert any(f"terminationGracePeriodSeconds {grace}" in w
+                   for w in run(pod, policy, templates).warnings)  # fmt: skip
+
+
 def test_user_memory_limit_below_the_floor_warns(policy: Policy, templates: Templates) -> None:
     pod = make_pod()
     pod["spec"]["containers"].append(

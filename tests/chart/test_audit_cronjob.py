@@ -39,6 +39,7 @@ def test_cronjob_runs_audit_with_the_narrowest_role(restart: bool) -> None:
         for verb in rule["verbs"]
     }
     expected = {("pods", "list"), ("namespaces", "list"), ("mutatingwebhookconfigurations", "list")}
+    expected.add(("namespaces", "get"))  # audit -n NAMESPACE reads its labels
     if restart:
         expected |= {(kind, verb) for kind in ("deployments", "statefulsets", "daemonsets")
                      for verb in ("get", "patch")}  # fmt: skip

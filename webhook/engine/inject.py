@@ -8,7 +8,7 @@ what a failure at each step means (skip, warn or deny). Both the webhook and the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import builder, names
@@ -81,6 +81,20 @@ def _grace_warning(pod: Mapping[str, Any], options: Options) -> list[str]:
         f"drain ({options.drain_seconds}s, {names.OPTIONS_BY_NAME['drain_seconds'].key}) plus "
         f"{SHUTDOWN_BUDGET_SECONDS}s to shut down: the cache may be killed while serving"
     ]
+
+
+def _within_grace(pod: Mapping[str, Any], options: Options, policy: Policy) -> Options:
+    """The options the sidecars are built with. A native sidecar's preStop is the kubelet's
+    sleep action, and the API server rejects a pod whose sleep outlasts its
+    terminationGracePeriodSeconds (defaulted to 30 before admission): the injection would make
+    a valid pod invalid, which no failurePolicy lets through. The sleep is cut to the grace
+    period (0: none); _grace_warning says so."""
+    grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+    if not isinstance(grace, int) or isinstance(grace, bool):
+        grace = DEFAULT_TERMINATION_GRACE_SECONDS
+    if not policy.model.native_sidecars or options.drain_seconds <= grace:
+        return options
+    return replace(options, drain_seconds=max(grace, 0))
 
 
 def _scrape_annotations(pod: Mapping[str, Any], options: Options, policy: Policy) -> dict[str, str]:
@@ -158,7 +172,7 @@ def inject_pod(
         )
 
     problems = builder.check_ports(spec, options.listen_port, metrics=options.metrics)
-    containers, volumes = builder.build_sidecars(options, policy)
+    containers, volumes = builder.build_sidecars(_within_grace(pod, options, policy), policy)
     declared = builder.user_declared(spec)
     merged: list[dict[str, Any]] = []
     for container in containers:
