@@ -9,8 +9,10 @@ so these tests run on a cluster of their own: they install, upgrade and uninstal
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
+import datetime
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,6 +21,10 @@ from typing import Any
 import helm_python
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client
 
 from tests.chart.chart import VALUE_SETS, chart, parse_manifests
@@ -360,6 +366,23 @@ def leftovers(kube: Kube, release: str, namespace: str, fullname: str) -> list[s
     return left
 
 
+def assert_gone(
+    kube: Kube, release: str, namespace: str, fullname: str, *, but: frozenset[str] = frozenset()
+) -> None:
+    """Within two minutes (pods terminate with their grace, the garbage collector removes
+    ReplicaSets and EndpointSlices) nothing of the release is left but `but`."""
+    left: list[str] = []
+
+    def gone() -> bool:
+        left[:] = leftovers(kube, release, namespace, fullname)
+        return set(left) <= but
+
+    try:
+        wait_for(f"nothing of {release} left", gone, timeout=120, interval=2)
+    except AssertionError:
+        raise AssertionError(f"left after helm uninstall: {left}") from None
+
+
 UNINSTALLS = {
     "kitchen-sink": (KITCHEN_SINK, True),
     # The certificates are never issued (no cert-manager here), nor my-tls provided: the
@@ -387,9 +410,128 @@ def test_uninstall_leaves_nothing(with_crds: Kube, name: str) -> None:
         helm_test(kube, namespace, release)
     with kube.helm(namespace) as helm:
         helm.uninstall(release, wait="watcher", timeout=HELM_TIMEOUT)
-    wait_for(
-        f"nothing of {release} left",
-        lambda: not leftovers(kube, release, namespace, fullname),
-        timeout=120,
-        interval=2,
+    assert_gone(kube, release, namespace, fullname)
+
+
+def test_server_dry_run_of_helm_does_not_validate_objects(with_crds: Kube) -> None:
+    """Helm's dry_run="server" only renders with lookup: an object the API server refuses (a
+    dashboard for a namespace that does not exist) passes it, and the real install then
+    fails half-way, after creating the objects before it. kubectl's server dry run (what the
+    tests above use) refuses it up front."""
+    kube = with_crds
+    release, namespace = "half", kube.namespace("chart-half")
+    values = merge(
+        LOCAL_VALUES,
+        {"cacheMonitoring": {"grafanaDashboard": {"enabled": True, "namespace": "no-grafana"}}},
     )
+    with kube.helm(namespace) as helm:
+        assert helm.install(str(CHART), release, values, namespace=namespace, dry_run="server")
+        with pytest.raises(helm_python.HelmReleaseError, match='namespaces "no-grafana" not found'):
+            helm.install(str(CHART), release, values, namespace=namespace, timeout=HELM_TIMEOUT)
+        (stored,) = helm.history(release)
+        assert stored["status"] == "failed"
+        helm.uninstall(release, wait="watcher", timeout=HELM_TIMEOUT)
+    fullname = f"{release}-cache-injector"
+    assert_gone(kube, release, namespace, fullname)
+
+
+def serving_certificate(dns_names: list[str]) -> tuple[str, str, str]:
+    """(CA, certificate, key) PEMs: a CA of its own and a serving certificate it signed."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chart-tests-ca")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return ca.public_bytes(pem).decode(), cert.public_bytes(pem).decode(), key_pem
+
+
+def test_helm_test_with_existing_certificates_and_a_wrong_ca(with_crds: Kube) -> None:
+    """certs.mode=existing: the hook trusts the CA of certs.existing.caBundle (its own
+    ConfigMap), so it passes with the CA that signed the Secret and fails with another one:
+    the hook really verifies TLS, and would catch a wrong caBundle before the API server's
+    calls fail (silently, with failurePolicy Ignore)."""
+    kube = with_crds
+    release, namespace = "ex", kube.namespace("chart-existing")
+    service = f"{release}-cache-injector"
+    ca, cert, key = serving_certificate(
+        [f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local"]
+    )
+    kube.cluster.core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="my-tls"),
+            type="kubernetes.io/tls",
+            string_data={"tls.crt": cert, "tls.key": key},
+        ),
+    )
+
+    def values(bundle: str) -> dict[str, Any]:
+        existing = {"secretName": "my-tls", "caBundle": bundle}
+        return {"replicaCount": 1, "certs": {"mode": "existing", "existing": existing}}
+
+    deploy(kube, release, namespace, values(b64(ca)), wait=True)
+    assert ca_bundles(kube, service) == {b64(ca)}
+    helm_test(kube, namespace, release)
+    other_ca = serving_certificate(["other"])[0]
+    deploy(kube, release, namespace, values(b64(other_ca)), wait=True)
+    assert ca_bundles(kube, service) == {b64(other_ca)}
+    with pytest.raises(AssertionError, match="CERTIFICATE_VERIFY_FAILED"):
+        helm_test(kube, namespace, release)
+    with kube.helm(namespace) as helm:
+        helm.uninstall(release, wait="watcher", timeout=HELM_TIMEOUT)
+    # The failed hook Pod is kept for `kubectl logs` (hook-delete-policy without
+    # hook-failed; the next `helm test` replaces it), and `helm uninstall` leaves it too.
+    hook = f"{service}-test"
+    assert_gone(kube, release, namespace, service, but=frozenset({f"Pod/{namespace}/{hook}"}))
+    status = kube.cluster.core.read_namespaced_pod(hook, namespace).status
+    assert status is not None and status.phase == "Failed"
+    kube.cluster.core.delete_namespaced_pod(hook, namespace)
+    assert_gone(kube, release, namespace, service)
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
