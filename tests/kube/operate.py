@@ -194,9 +194,11 @@ def account_kubeconfig(cluster: Cluster, account: str, path: Path) -> Path:
     return path
 
 
-def chart_policy(cluster: Cluster, path: Path) -> Path:
+def chart_policy(
+    cluster: Cluster, path: Path, fullname: str = RELEASE, namespace: str = RELEASE_NAMESPACE
+) -> Path:
     """The policy the webhook runs, from the chart's ConfigMap (what the CronJob mounts)."""
-    data = cluster.core.read_namespaced_config_map(f"{RELEASE}-policy", RELEASE_NAMESPACE).data
+    data = cluster.core.read_namespaced_config_map(f"{fullname}-policy", namespace).data
     path.write_text((data or {})["policy.yaml"])
     return path
 

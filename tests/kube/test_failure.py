@@ -8,6 +8,7 @@ upgrade the chart."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -20,6 +21,7 @@ from tests.kube.cluster import RELEASE, Cluster
 from tests.kube.conftest import wait_for
 from tests.kube.operate import (
     AUDIT_ACCOUNT,
+    CLI,
     Audit,
     account_kubeconfig,
     apps,
@@ -39,6 +41,7 @@ from webhook.engine import names
 
 EXCLUDED = "legacy"  # in policy.excludeNamespaces, and labelled for injection all the same
 VALUES: dict[str, Any] = {"policy": {"excludeNamespaces": [EXCLUDED]}}
+CANARY_NAMESPACE = "canary-system"  # a second release, revision canary
 RUNNING: set[str] = set()
 
 
@@ -220,3 +223,81 @@ def test_audit_findings_on_real_pods(
     refused = run_audit(webhook_identity, policy)
     assert refused.code == 2, refused
     assert 'cannot list resource "namespaces"' in refused.stderr, refused.stderr
+
+
+def test_purge_through_the_api_servers_pod_proxy(kube: Cluster) -> None:
+    """The real-server counterpart of tests/cluster/test_purge.py's main flow: `purge
+    --deployment` reaches each running injected pod's cache through the API server's pod
+    proxy (the admin's identity) and skips a plain pod of the same app."""
+    ns = make_namespace(kube, "purge", running=RUNNING)
+    token = "0123456789abcdef-token"
+    secret = {
+        "metadata": {"name": names.PURGE_SECRET},
+        "stringData": {names.PURGE_SECRET_KEY: token},
+    }
+    kube.core.create_namespaced_secret(ns, cast(Any, secret))
+    apps(kube).create_namespaced_deployment(ns, cast(Any, deployment("web", 2)))
+    plain = bare_pod("web-plain", {"app": "web", names.LABEL_INJECT: "disabled"})
+    plain["spec"]["containers"][0]["command"] = ["python3", "-m", "http.server", "8080"]
+    kube.core.create_namespaced_pod(ns, cast(Any, plain))
+
+    def available() -> bool:
+        status = apps(kube).read_namespaced_deployment("web", ns).status
+        return status is not None and status.available_replicas == 2
+
+    wait_for("web available", available, timeout=120)
+    done = subprocess.run(
+        [str(CLI), "purge", f"--kubeconfig={kube.kubeconfig}", "-n", ns, "--deployment", "web",
+         "--url", "/a.css", "-o", "json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = {r["pod"]: r["result"] for r in json.loads(done.stdout)["pods"]}
+    web = {name_of(p) for p in pods_of(kube, ns, "web") if injected(p)}
+    assert len(web) == 2
+    assert results == {**dict.fromkeys(web, "ok"), "web-plain": "skipped"}, done.stdout
+
+
+def test_revisions_on_real_releases(
+    kube: Cluster, as_audit: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The real-server counterpart of tests/cluster/test_audit.py::test_revisions, with a
+    second release (revision canary) installed by Helm: a pod the default revision injected in
+    a namespace moved to canary is stale; a namespace picking a revision that is not installed
+    has its pod missing; canary's own audit finds canary's pod current; once canary is
+    uninstalled its pod is orphaned."""
+    kubeconfig, policy = as_audit
+    RUNNING.add(CANARY_NAMESPACE)
+    kube.install_chart(
+        {"revision": "canary", "replicaCount": 1}, release="canary", namespace=CANARY_NAMESPACE
+    )
+    beta = make_namespace(kube, "beta")
+    kube.core.create_namespaced_pod(beta, cast(Any, bare_pod("by-default")))
+    moved = {"metadata": {"labels": {names.LABEL_INJECT: None, names.LABEL_REV: "canary"}}}
+    kube.core.patch_namespace(beta, moved)
+    by_canary = kube.core.create_namespaced_pod(beta, cast(Any, bare_pod("by-canary")))
+    assert injected(by_canary)
+    gamma = make_namespace(kube, "gamma", inject=False, labels={names.LABEL_REV: "gone"})
+    unserved = kube.core.create_namespaced_pod(gamma, cast(Any, bare_pod("unserved")))
+    assert not injected(unserved), "no webhook serves revision gone"
+
+    def mine(result: Audit) -> dict[str, tuple[str, str]]:
+        return {
+            f["pod"]: (f["kind"], f["revision"])
+            for f in result.report["findings"]
+            if f["namespace"] in (beta, gamma)
+        }
+
+    found = audit_ok(run_audit(kubeconfig, policy))
+    assert mine(found) == {
+        "by-default": ("stale", "default"),
+        "unserved": ("missing", "gone"),
+    }, found.findings()
+    canary_policy = chart_policy(kube, tmp_path / "canary.yaml", "canary-cache-injector",
+                                 CANARY_NAMESPACE)  # fmt: skip
+    as_canary = audit_ok(run_audit(kubeconfig, canary_policy, "--revision", "canary"))
+    assert "by-canary" not in mine(as_canary), as_canary.findings()
+
+    kube.helm(CANARY_NAMESPACE).uninstall("canary", wait="watcher", timeout=120)
+    after = audit_ok(run_audit(kubeconfig, policy))
+    assert mine(after)["by-canary"] == ("orphaned", "canary"), after.findings()
