@@ -241,6 +241,17 @@ def test_negative_control_both_pods_deleted_at_once_misses_pods(
     assert figures.fail_open >= figures.missed, figures.line()
 
 
+def test_rollout_under_fail_policy_refuses_nothing(
+    kube: Cluster, audit_files: tuple[Path, Path]
+) -> None:
+    """The same rollout with failurePolicy Fail, where a webhook call that fails refuses the
+    pod (a FailedCreate event) instead of letting it through: none may be refused."""
+    upgrade(kube, {"webhook": {"failurePolicy": "Fail"}})
+    figures = measure(kube, audit_files, "rollout, Fail", rollout_restart(kube, Rollout()))
+    assert figures.rate >= 5, figures.line()
+    assert (figures.errors, figures.missed, figures.fail_open) == ([], 0, 0), figures.line()
+
+
 def test_rollout_without_prestop_and_drain_measured(
     kube: Cluster, audit_files: tuple[Path, Path]
 ) -> None:
