@@ -551,3 +551,45 @@ def test_stored_pod_is_what_the_webhook_sent(env: Env, mode: str, tmp_path: Path
             container["volumeMounts"] = [m for m in mounts if m["mountPath"] != TOKEN]
     assert tokens == {names.CONTAINER_HAPROXY, names.CONTAINER_VARNISH}
     assert _missing(sent["spec"], stored["spec"]) == []
+
+
+@pytest.mark.parametrize("mode", ["native", "appended"])
+def test_windows_pod(env: Env, mode: str) -> None:
+    """A pod for a Windows node (spec.os.name windows) in a labelled namespace: the API
+    server forbids Linux-only security fields in such a pod, and the cache daemons are Linux
+    programs. It must still be created, as in a plain namespace, and left uninjected."""
+    cluster = env.cluster
+    pod = workload("Pod", "win")
+    pod["spec"] = {
+        "os": {"name": "windows"},
+        "containers": [{"name": "app", "image": "mcr.microsoft.com/windows/nanoserver:ltsc2022"}],
+    }
+    plain = env.namespaces.make("adm-win-plain", enforce=None)
+    create(cluster, plain, pod)
+    ns = env.namespaces.make(f"adm-win-{mode}", MODE_LABELS[mode], enforce=None)
+    try:
+        stored = create(cluster, ns, pod)
+    except client.exceptions.ApiException as err:
+        pytest.fail(f"refused in a labelled namespace: {err.body}")
+    assert untouched_problem(stored) is None
+
+
+def test_revision_selection(env: Env) -> None:
+    """Which release injects, by the real selectors: inject=enabled beside rev=legacy means
+    the default release (and only it); a pod labelled enabled in a namespace of revision
+    legacy gets the legacy release (the default's pod-label entry needs no rev label); in an
+    unlabelled namespace the pod label selects the default release."""
+    cluster = env.cluster
+    enabled = {names.LABEL_INJECT: names.LABEL_ENABLED}
+    cases = [
+        ("adm-both", {**MODE_LABELS["native"], **MODE_LABELS["appended"]}, None, True),
+        ("adm-rev-pod", MODE_LABELS["appended"], enabled, False),
+        ("adm-pod", {}, enabled, True),
+    ]
+    for prefix, labels, pod_labels, native in cases:
+        ns = env.namespaces.make(prefix, labels)
+        stored = create(cluster, ns, workload("Pod", "picked", labels=pod_labels))
+        assert injection_problem(stored, native) is None, prefix
+        revision = "default" if native else "legacy"
+        status = json.loads(stored["metadata"]["annotations"][names.ANNOTATION_STATUS])
+        assert status["revision"] == revision, prefix

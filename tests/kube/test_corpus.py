@@ -1,5 +1,6 @@
 """Every workload of tests/corpus (real manifests, SOURCES.md) applied to the real API server
-twice, at one Pod Security level: in a plain namespace and in one labelled for injection.
+twice, at one Pod Security level: in a plain namespace and in one labelled for injection
+(native sidecars at each level; appended sidecars, by a second release, at privileged).
 What the server (and the controllers, for the pods they make) accepts plain must be accepted
 injected, each pod with our sidecars once: the full validation and Pod Security admission of
 the mutated pod, which the offline corpus test (tests/test_corpus.py) cannot do.
@@ -31,6 +32,7 @@ from tests.kube.cluster import Cluster
 from tests.kube.workloads import (
     BACKEND,
     Namespaces,
+    chart_release,
     controllers,
     create,
     failed_creates,
@@ -41,10 +43,24 @@ from tests.kube.workloads import (
     top_owners,
 )
 from webhook.engine import names
+from webhook.engine.selection import is_job_pod
 from webhook.engine.workloads import POD_TEMPLATE_PATHS
 
 FILES = sorted(CORPUS.glob("*.yaml"))
-LEVELS = ("privileged", "baseline", "restricted")
+# (Pod Security level, sidecar mode): native through the session's release at every level;
+# appended through a release of this module's own (revision "corpus", nativeSidecars false).
+SETTINGS = [
+    pytest.param(("privileged", "native"), id="privileged"),
+    pytest.param(("baseline", "native"), id="baseline"),
+    pytest.param(("restricted", "native"), id="restricted"),
+    pytest.param(("privileged", "appended"), id="privileged-appended"),
+]
+APPENDED_RELEASE = "ci-corpus-appended"
+APPENDED_VALUES: dict[str, Any] = {
+    "revision": "corpus",
+    "replicaCount": 1,
+    "policy": {"nativeSidecars": False},
+}
 SETTLE_TIMEOUT = 90.0  # for the controllers to make (or fail to make) every workload's pods
 
 
@@ -77,6 +93,7 @@ class FileResult:
 @dataclass
 class Corpus:
     level: str
+    native: bool
     files: dict[str, FileResult]
 
 
@@ -184,18 +201,24 @@ def _settle(cluster: Cluster, ns: str, outcomes: dict[Any, Outcome], deadline: f
         time.sleep(1)
 
 
-@pytest.fixture(scope="module", params=LEVELS)
+@pytest.fixture(scope="module", params=SETTINGS)
 def corpus(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[Corpus]:
-    """Every file applied in its two namespaces at one Pod Security level."""
-    level = request.param
+    """Every file applied in its two namespaces at one Pod Security level and mode."""
+    level, mode = request.param
     spaces = Namespaces(cluster)
-    try:
+    with contextlib.ExitStack() as stack:
+        if mode == "appended":
+            stack.enter_context(chart_release(cluster, APPENDED_RELEASE, APPENDED_VALUES))
+            selected = {names.LABEL_REV: "corpus"}
+        else:
+            selected = {names.LABEL_INJECT: names.LABEL_ENABLED}
+        stack.callback(spaces.close)
         results: dict[str, FileResult] = {}
         made = []
         for path in FILES:
             objects = _objects(path)
             plain = spaces.make("cp", enforce=level)
-            labelled = spaces.make("cl", {names.LABEL_INJECT: names.LABEL_ENABLED}, enforce=level)
+            labelled = spaces.make("cl", selected, enforce=level)
             made.append(
                 (
                     path,
@@ -210,12 +233,10 @@ def corpus(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[Corpus]
             _settle(cluster, plain, plain_out, deadline)
             _settle(cluster, labelled, labelled_out, deadline)
             results[path.stem] = FileResult(path, plain_out, labelled_out)
-        yield Corpus(level, results)
-    finally:
-        spaces.close()
+        yield Corpus(f"{level}, {mode} sidecars", mode == "native", results)
 
 
-def _problems(result: FileResult) -> list[str]:
+def _problems(result: FileResult, native: bool) -> list[str]:
     """What the labelled namespace got wrong, for workloads accepted plain."""
     out = []
     for key, plain in result.plain.items():
@@ -230,7 +251,11 @@ def _problems(result: FileResult) -> list[str]:
                 if names.ANNOTATION_STATUS in _annotations(pod):
                     out.append(f"{key}: a hostNetwork pod injected")
                 continue
-            problem = injection_problem(pod, native=True)
+            if not native and is_job_pod(pod, None):  # never injected in appended mode
+                if names.ANNOTATION_STATUS in _annotations(pod):
+                    out.append(f"{key}: a Job's pod injected with appended sidecars")
+                continue
+            problem = injection_problem(pod, native)
             if problem:
                 out.append(f"{key}: {problem}")
     return out
@@ -240,7 +265,7 @@ def _problems(result: FileResult) -> list[str]:
 def test_corpus_accepted_injected(corpus: Corpus, stem: str) -> None:
     result = corpus.files[stem]
     assert result.plain, "no workload in the file"
-    assert not _problems(result)
+    assert not _problems(result, corpus.native)
 
 
 def _short(refusal: str) -> str:

@@ -47,6 +47,8 @@ REASONS: dict[str, str] = {
     "is not; only pod (template) and namespace labels select",
     "mirror_pod": "the pod is a mirror of a static pod, which the API server cannot change",
     "host_network": "the pod uses hostNetwork: the sidecars' ports would be the node's",
+    "windows_pod": "the pod is for Windows nodes (spec.os.name windows): the cache daemons are "
+    "Linux programs, and the API server refuses their Linux security settings in such a pod",
     "already_injected": "the pod is already injected ({status} is set)",
     "job_without_native_sidecars": "the pod belongs to a Job and the policy sets "
     "nativeSidecars: false: a regular sidecar would keep the Job from completing",
@@ -100,6 +102,11 @@ def namespace_revision(namespace_labels: Mapping[str, str] | None) -> str:
 
 def has_host_network(pod: Mapping[str, Any]) -> bool:
     return bool((pod.get("spec") or {}).get("hostNetwork"))
+
+
+def is_windows_pod(pod: Mapping[str, Any]) -> bool:
+    os_ = (pod.get("spec") or {}).get("os")
+    return isinstance(os_, Mapping) and os_.get("name") == "windows"
 
 
 def is_job_pod(pod: Mapping[str, Any], owner_kind: str | None) -> bool:
@@ -157,6 +164,8 @@ def select_pod(
         return decide(False, "mirror_pod")
     if has_host_network(pod):
         return decide(False, "host_network")
+    if is_windows_pod(pod):
+        return decide(False, "windows_pod")
     if is_injected(pod):
         return decide(False, "already_injected")
     if not policy.model.native_sidecars and is_job_pod(pod, owner_kind):
