@@ -40,6 +40,11 @@ DRY_RELEASE, DRY_NAMESPACE = "ci", "chart-dry-run"
 # before the chart is installed (the chart does not create it).
 DASHBOARD_NAMESPACE = "monitoring"
 INSTANCE = "app.kubernetes.io/instance"
+# The chart's pods claim the restricted Pod Security profile: the dry-run namespace enforces
+# it on Pods and warns about it on workloads' templates (a warning fails assert_accepted).
+RESTRICTED = {
+    f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")
+}
 HELM_TIMEOUT = 180
 
 # The combinations tests/chart treats as supported besides VALUE_SETS: the audit CronJob with
@@ -113,9 +118,10 @@ class Kube:
         finally:
             config.close()
 
-    def namespace(self, name: str) -> str:
+    def namespace(self, name: str, labels: Mapping[str, str] | None = None) -> str:
         with contextlib.suppress(client.exceptions.ApiException):
-            body = client.V1Namespace(metadata=client.V1ObjectMeta(name=name))
+            meta = client.V1ObjectMeta(name=name, labels=dict(labels or {}))
+            body = client.V1Namespace(metadata=meta)
             self.cluster.core.create_namespace(body)
         self.cluster.wait_service_account(name)
         return name
@@ -152,7 +158,7 @@ def kube() -> Iterator[Kube]:
         proxy = ServiceProxy(cluster.api, cluster.network).start()
         try:
             own = Kube(cluster, OwnKubectl(cluster, Path(cache)))
-            own.namespace(DRY_NAMESPACE)
+            own.namespace(DRY_NAMESPACE, RESTRICTED)
             own.namespace(DASHBOARD_NAMESPACE)
             yield own
         finally:
@@ -247,11 +253,42 @@ def test_crds_are_served_and_validate(with_crds: Kube) -> None:
     assert done.returncode != 0 and 'unknown field "spec.dnsName"' in done.stderr, done.stderr
 
 
+def template_pods(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A Pod from each workload's template (Deployment, CronJob): the dry run of a workload
+    does not admit its pods (the ServiceAccount, PriorityClass and Pod Security checks)."""
+    pods = []
+    for obj in objects:
+        if obj["kind"] == "Deployment":
+            template = obj["spec"]["template"]
+        elif obj["kind"] == "CronJob":
+            template = obj["spec"]["jobTemplate"]["spec"]["template"]
+        else:
+            continue
+        meta = obj["metadata"]
+        pod_meta = {**template.get("metadata", {}), "name": f"{meta['name']}-pod"}
+        pod_meta["namespace"] = meta["namespace"]
+        pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, **template})
+        pods[-1]["metadata"] = pod_meta
+    return pods
+
+
 @value_sets
 def test_with_crds_every_object_is_accepted(with_crds: Kube, name: str) -> None:
+    """Every object, and a Pod of each workload, in a namespace enforcing `restricted`."""
     kube = with_crds
     values = merge(LOCAL_VALUES, SUPPORTED[name])
-    assert_accepted(kube, render(values, DRY_RELEASE, DRY_NAMESPACE))
+    objects = render(values, DRY_RELEASE, DRY_NAMESPACE)
+    assert_accepted(kube, objects)
+    # A Pod is admitted only with its ServiceAccount stored: these are, for the moment.
+    accounts = [obj for obj in objects if obj["kind"] == "ServiceAccount"]
+    text = "---\n".join(yaml.safe_dump(obj) for obj in accounts)
+    if accounts:
+        kube.kubectl("apply", "-f", "-", input=text)
+    try:
+        assert_accepted(kube, template_pods(objects))
+    finally:
+        if accounts:
+            kube.kubectl("delete", "--wait=true", "-f", "-", input=text)
     with kube.helm(DRY_NAMESPACE) as helm:
         release = helm.install(
             str(CHART), DRY_RELEASE, values, namespace=DRY_NAMESPACE, dry_run="server"
@@ -535,3 +572,16 @@ def test_helm_test_with_existing_certificates_and_a_wrong_ca(with_crds: Kube) ->
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def test_the_dry_run_namespace_enforces_restricted(with_crds: Kube) -> None:
+    """The Pod Security check above can fail: the webhook's Pod with its hardening undone
+    (allowPrivilegeEscalation) is refused in the dry-run namespace."""
+    objects = render(
+        merge(LOCAL_VALUES, {"serviceAccount": {"create": False}}), "ci", DRY_NAMESPACE
+    )
+    (pod,) = template_pods(objects)
+    pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    done = server_dry_run(with_crds, [pod])
+    assert done.returncode != 0
+    assert 'violates PodSecurity "restricted:latest"' in done.stderr, done.stderr
