@@ -30,6 +30,7 @@ from tests.kube.conftest import Kubectl, runs_pod, wait_for
 from tests.kube.workloads import (
     KINDS,
     Namespaces,
+    Sidecars,
     chart_release,
     create,
     injection_problem,
@@ -593,3 +594,22 @@ def test_revision_selection(env: Env) -> None:
         revision = "default" if native else "legacy"
         status = json.loads(stored["metadata"]["annotations"][names.ANNOTATION_STATUS])
         assert status["revision"] == revision, prefix
+
+
+@pytest.mark.parametrize("mode", ["native", "appended"])
+def test_debug_copy_of_an_injected_pod(env: Env, mode: str) -> None:
+    """`kubectl debug --copy-to` creates a new pod from an injected pod's spec (kubectl
+    keeps neither its labels nor annotations by default): a CREATE that already holds our
+    sidecars without the status annotation. It must be created, with them once."""
+    cluster = env.cluster
+    ns = env.namespaces.make(f"adm-copy-{mode}", MODE_LABELS[mode])
+    create(cluster, ns, workload("Pod", "original"))
+    done = Kubectl(cluster)(
+        "debug", "-n", ns, "original", "--copy-to=copy", "--image=busybox",
+        "--container=debugger", "--profile=restricted", check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    copy = _stored(cluster, ns, "copy")
+    found = Sidecars.of(copy)
+    ours = found.init if mode == "native" else found.regular
+    assert ours == (names.CONTAINER_HAPROXY, names.CONTAINER_VARNISH), found
