@@ -401,10 +401,11 @@ class Kubelet:
                 entry.error = f"{type(err).__name__}: {err}"
                 self._report(entry)
                 return
+        runner = entry.runner  # a deletion meanwhile clears entry.runner (_teardown)
         try:
-            entry.runner.start()
+            runner.start()
         except Exception as err:  # not ready in time, or a container that would not start
-            if entry.runner.pause is None:
+            if runner.pause is None:
                 entry.error = f"{type(err).__name__}: {err}"
             LOG.info("pod %s/%s: %s", entry.namespace, entry.name, err)
         self._report(entry)
