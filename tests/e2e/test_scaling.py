@@ -1,10 +1,11 @@
 """Scenarios 4 and 5: the backend Service scales while traffic flows.
 
 Scale up: a new pod that becomes ready (started, then published in DNS) gets traffic within
-20 s — HAProxy re-resolves once `hold valid` (10 s) has passed. Scale down: a pod that leaves
+20 s — HAProxy re-resolves once `hold valid` (1 s) has passed. Scale down: a pod that leaves
 DNS and stops at the same moment (as a terminated pod does) causes no error after 15 s at the
 latest; before that its health checks fail and `retries`/`redispatch` move refused
-connections to the other pods.
+connections to the other pods. (Here the stopped pod's address still refuses; a real deleted
+pod's address is gone and times out: tests/kube/test_datapath.py plays that rollout.)
 """
 
 from __future__ import annotations
