@@ -1,8 +1,10 @@
 """Admission on a real API server, oldest and newest release served: pods made by the real
 controllers (generateName, namespace only in the request) through Pod Security `restricted`,
 in both sidecar modes (the default release native; a second release, revision `legacy`, with
-nativeSidecars false); what must stay untouched; dry-run, label updates, ephemeral containers
-and evictions of running pods; and a mesh-like webhook called before and after ours."""
+nativeSidecars false); what must stay untouched and which release picks a pod; dry-run,
+re-apply, label updates, `kubectl debug` (ephemeral containers, copies) and evictions; a
+mesh-like webhook called before and after ours; the stored pod holding every field the
+webhook sent; and Windows pods, which the server refuses with our Linux sidecars."""
 
 from __future__ import annotations
 
