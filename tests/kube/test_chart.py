@@ -167,6 +167,7 @@ def kube() -> Iterator[Kube]:
 
 @pytest.fixture
 def without_crds(kube: Kube) -> Kube:
+    """The cluster as before prometheus-operator or cert-manager is installed."""
     if kube.served():
         kube.remove_crds()
     return kube
@@ -174,6 +175,7 @@ def without_crds(kube: Kube) -> Kube:
 
 @pytest.fixture
 def with_crds(kube: Kube) -> Kube:
+    """The cluster with every CRD the chart's custom resources need (crds.ALL)."""
     if kube.served() != {kind.kind for kind in crds.ALL}:
         kube.install_crds()
     return kube
