@@ -1,12 +1,28 @@
-"""A pretend Kubernetes API server on 127.0.0.1, speaking the real wire format, for what
-talks to one: Helm's `lookup` of Secrets, and the CLI's day-2 commands (purge, audit).
+"""A pretend Kubernetes API server on 127.0.0.1, speaking the real wire format: kept only for
+what a real API server cannot be made to do on demand. Everything a real one can do is proven
+on one in tests/kube (etcd, kube-apiserver, controller-manager and scheduler of a real
+release; tests/kube/README.md).
 
-No kube-apiserver runs on these machines; this is the one fake, kept small. It serves:
-discovery of the core group; GET of Secrets, Services, Deployments, Namespaces, ReplicaSets,
-StatefulSets, DaemonSets; LIST of Pods (labelSelector, `limit` + `continue` pagination as
-the API server pages), Namespaces, ReplicaSets; PATCH of Deployments, StatefulSets and
-DaemonSets (strategic merge of the pod template's annotations, as `kubectl rollout restart`
-sends, with a configurable rollout); POST/GET through the pod proxy
+Who still uses it, and why:
+- tests/cluster/test_purge.py: injected failures — a pod proxy that errors, refuses, times out
+  or hangs per pod (retries, per-pod timeouts, partial results), RBAC 403 on single verbs, the
+  exact headers purge sends; a real server answers these only when broken.
+  (The working flow through the real pod proxy: tests/kube/test_failure.py, test_datapath.py.)
+- tests/cluster/test_audit.py: a sample cluster of pods injected by other policies and older
+  injector versions, `continue` pagination past 500 pods, and `--restart` batches against a
+  controlled rollout timing — cheap here, slow or impossible to stage for real. (Findings on
+  real pods, exit codes and RBAC as the chart grants it: tests/kube/test_failure.py.)
+- tests/chart/test_certs.py, test_fleet.py: Helm's `lookup` fed a chosen Secret (incomplete,
+  foreign, rotated) in a unit test's time. (Upgrades keeping the CA and sticky secret on a real
+  server: tests/kube/test_chart.py.)
+- tests/e2e/test_purge.py: the pod proxy in front of the e2e pods (127.x addresses, which a
+  real API server refuses as pod IPs), with failure modes as above.
+
+It serves: discovery of the core group; GET of Secrets, Services, Deployments, Namespaces,
+ReplicaSets, StatefulSets, DaemonSets; LIST of Pods (labelSelector, `limit` + `continue`
+pagination as the API server pages), Namespaces, ReplicaSets; PATCH of Deployments,
+StatefulSets and DaemonSets (strategic merge of the pod template's annotations, as `kubectl
+rollout restart` sends, with a configurable rollout); POST/GET through the pod proxy
 (`pods/NAME:PORT/proxy/PATH`, forwarded to a callable, Authorization stripped as the real
 one does after authenticating); and RBAC-style 403 Status objects for any (verb, resource)
 listed in `forbidden`. Plain HTTP on loopback.
