@@ -5,31 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from kubernetes import client
 
 from tests.daemons import missing
 from tests.e2e.conftest import host_problem
-from tests.kube.cluster import RELEASE_NAMESPACE, Cluster
-
-# Pods in namespaces with this label run on the node (their sidecars for real); the others
-# are stored, scheduled and left Pending (the admission tests need only what was stored).
-RUN_LABEL = "cluster-suite.cache-injector.io/run"
-
-
-def runs_pod(pod: Mapping[str, Any]) -> bool:
-    namespace = pod["metadata"]["namespace"]
-    return namespace == RELEASE_NAMESPACE or namespace in RUNNING_NAMESPACES
-
-
-RUNNING_NAMESPACES: set[str] = set()
+from tests.kube.cluster import Cluster
+from tests.kube.workloads import RUNNING_NAMESPACES, Namespaces, runs_pod
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -79,13 +66,15 @@ def kubectl(cluster: Cluster) -> Kubectl:
 
 
 NamespaceFactory = Callable[..., str]
+__all__ = ["RUNNING_NAMESPACES", "Kubectl", "NamespaceFactory", "runs_pod", "wait_for"]
 
 
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[NamespaceFactory]:
-    """make(labels=..., run=False, enforce="restricted") -> a new namespace's name, ready for
-    pods (its default ServiceAccount exists); deleted after the test."""
-    made: list[str] = []
+    """make(prefix, inject=True, labels=..., run=False, enforce="restricted") -> a new
+    namespace's name, ready for pods (its default ServiceAccount exists); deleted after the
+    test."""
+    spaces = Namespaces(cluster)
 
     def make(
         prefix: str = "t",
@@ -95,25 +84,11 @@ def namespace(cluster: Cluster) -> Iterator[NamespaceFactory]:
         run: bool = False,
         enforce: str | None = "restricted",
     ) -> str:
-        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-        all_labels = dict(labels or {})
-        if inject:
-            all_labels["cache-injector.io/inject"] = "enabled"
-        if enforce:
-            all_labels["pod-security.kubernetes.io/enforce"] = enforce
-        if run:
-            RUNNING_NAMESPACES.add(name)
-        body = {"metadata": {"name": name, "labels": all_labels}}
-        cluster.core.create_namespace(cast(Any, body))
-        made.append(name)
-        cluster.wait_service_account(name)
-        return name
+        given = {"cache-injector.io/inject": "enabled"} if inject else {}
+        return spaces.make(prefix, {**(labels or {}), **given}, run=run, enforce=enforce)
 
     yield make
-    for name in made:
-        with contextlib.suppress(client.exceptions.ApiException):
-            cluster.core.delete_namespace(name)
-        RUNNING_NAMESPACES.discard(name)
+    spaces.close()
 
 
 def wait_for(
@@ -129,7 +104,3 @@ def wait_for(
                 return last
         time.sleep(interval)
     raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0

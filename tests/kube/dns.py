@@ -20,15 +20,22 @@ LOG = logging.getLogger(__name__)
 POLL = 0.5  # seconds; CoreDNS's watch is faster, the record TTL (5 s) is the same
 
 
-def services_from(services: list[dict[str, Any]], slices: list[dict[str, Any]]) -> list[Service]:
-    """What the DNS answers: each Service with its ready endpoints' addresses (a dual-stack
-    Service has one slice per family) and its slices' named ports."""
+def slices_by_service(slices: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """EndpointSlices by (namespace, Service name), from their kubernetes.io/service-name label
+    (a dual-stack Service has one slice per family, a large one several)."""
     by_service: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for item in slices:
         meta = item["metadata"]
         owner = (meta.get("labels") or {}).get("kubernetes.io/service-name")
         if owner:
             by_service[(meta["namespace"], owner)].append(item)
+    return by_service
+
+
+def services_from(services: list[dict[str, Any]], slices: list[dict[str, Any]]) -> list[Service]:
+    """What the DNS answers: each Service with its ready endpoints' addresses and its slices'
+    named ports."""
+    by_service = slices_by_service(slices)
     out = []
     for svc in services:
         meta, spec = svc["metadata"], svc.get("spec") or {}

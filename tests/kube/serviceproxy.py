@@ -15,13 +15,13 @@ import itertools
 import logging
 import socket
 import threading
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
 
 from tests.e2e.netns import run
+from tests.kube.dns import slices_by_service
 from tests.kube.network import DNS_IP, NodeNetwork
 from tests.kube.node import plain
 
@@ -49,12 +49,7 @@ class Listener:
 def wanted(services: list[dict[str, Any]], slices: list[dict[str, Any]]) -> dict[Any, Any]:
     """(ClusterIP, port) -> [(endpoint IP, target port)] for every TCP port of every Service
     with a ClusterIP, its ready endpoints only (the kube-dns Service is served already)."""
-    by_service: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for item in slices:
-        meta = item["metadata"]
-        owner = (meta.get("labels") or {}).get("kubernetes.io/service-name")
-        if owner:
-            by_service[(meta["namespace"], owner)].append(item)
+    by_service = slices_by_service(slices)
     out: dict[tuple[str, int], list[tuple[str, int]]] = {}
     for svc in services:
         meta, spec = svc["metadata"], svc.get("spec") or {}
