@@ -87,6 +87,34 @@ def test_restricted_security_context_on_both(policy: Policy, templates: Template
         assert context["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "appended"])
+def test_no_container_we_add_gets_the_api_token(native: bool, templates: Templates) -> None:
+    """Each has an empty read-only volume of ours where the ServiceAccount plugin mounts the
+    token, so the plugin (run again after the webhook) skips it; the app keeps its own."""
+    policy = policy_from({"nativeSidecars": native})
+    token = "/var/run/secrets/kubernetes.io/serviceaccount"
+    app_mount = {"name": "kube-api-access-x", "mountPath": token, "readOnly": True}
+    pod = make_pod(annotations={P + "access-log": "true", P + "metrics": "true"})
+    pod["spec"]["containers"][0]["volumeMounts"] = [app_mount]
+    result = injected_pod(pod, policy, templates)
+    spec = result["spec"]
+    ours = [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] != "app"]
+    assert {c["name"] for c in ours} == {
+        "cache-haproxy",
+        "cache-varnish",
+        "cache-access-log",
+        "cache-varnish-exporter",
+    }
+    for added in ours:
+        at_token = [m for m in added["volumeMounts"] if m["mountPath"] == token]
+        assert at_token == [{"name": "cache-no-api-token", "mountPath": token, "readOnly": True}], (
+            added["name"]
+        )
+    volume = next(v for v in spec["volumes"] if v["name"] == "cache-no-api-token")
+    assert volume["emptyDir"] == {"medium": "Memory", "sizeLimit": "4Ki"}
+    assert container(result, "app")["volumeMounts"] == [app_mount]
+
+
 def test_openshift_style_policy_leaves_uid_to_the_platform(templates: Templates) -> None:
     policy = policy_from({"runAsUser": {"haproxy": None, "varnish": None}})
     result = injected_pod(make_pod(), policy, templates)

@@ -50,10 +50,12 @@ def test_readers_start_after_varnish_and_outlive_its_drain(
     ]
     varnish = container(result, "cache-varnish")
     workdir = next(m for m in varnish["volumeMounts"] if m["mountPath"] == names.VARNISH_WORKDIR)
+    # As every container we add, also the empty directory where the API token would go.
+    no_token = next(m for m in varnish["volumeMounts"] if m["name"] == names.VOLUME_NO_API_TOKEN)
     for name in READERS:
         reader = container(result, name)
         assert reader["restartPolicy"] == "Always"
-        assert reader["volumeMounts"] == [{**workdir, "readOnly": True}]
+        assert reader["volumeMounts"] == [{**workdir, "readOnly": True}, no_token]
         assert {"name": "VSM_NOPID", "value": "1"} in reader["env"]
         assert reader["command"][reader["command"].index("-n") + 1] == names.VARNISH_WORKDIR
         # Restricted, as varnishd's uid (the shared memory files are 0640).

@@ -84,7 +84,7 @@ def test_round_trip_over_the_corpus(policy_files: dict[str, Path]) -> None:
     assert counts["injected_docs"] > len(FILES), counts  # it did inject, in both modes
 
 
-def inject_then_uninject(pod: dict[str, Any], policy_text: str = POLICIES["native"]) -> None:
+def inject_then_uninject(pod: dict[str, Any], policy_text: str = POLICIES["native"]) -> list[str]:
     policy = load_policy_text(policy_text, "test")
     outcome = inject_pod(
         pod, namespace="shop", operation="CREATE", policy=policy, templates=load_templates()
@@ -98,6 +98,7 @@ def inject_then_uninject(pod: dict[str, Any], policy_text: str = POLICIES["nativ
     assert removed
     assert json.dumps(injected) == json.dumps(pod), "not restored exactly (values or key order)"
     assert uninject(injected) == [], "a second uninject finds nothing"
+    return removed
 
 
 def base_pod() -> dict[str, Any]:
@@ -161,6 +162,20 @@ def test_a_user_volume_with_our_name_is_kept() -> None:
     pod = base_pod()
     pod["spec"]["volumes"] = [{"name": names.VOLUME_VARNISH_TMP, "emptyDir": {"medium": "Memory"}}]
     inject_then_uninject(pod)
+
+
+@pytest.mark.parametrize("mode", list(POLICIES))
+def test_the_volume_that_keeps_the_api_token_out_goes_too(mode: str) -> None:
+    """A pod as the API server stores it (the ServiceAccount plugin ran before the webhook):
+    our empty volume at the token's path goes, the pod's token volume and mount stay."""
+    pod = base_pod()
+    token = {"name": "kube-api-access-x2k9p", "projected": {"sources": []}}
+    pod["spec"]["volumes"] = [token]
+    pod["spec"]["containers"][0]["volumeMounts"] = [
+        {"name": token["name"], "mountPath": names.SERVICE_ACCOUNT_DIR, "readOnly": True}
+    ]
+    removed = inject_then_uninject(pod, POLICIES[mode])
+    assert f"volumes/{names.VOLUME_NO_API_TOKEN}" in removed
 
 
 def test_a_status_we_cannot_read_is_a_clear_error() -> None:

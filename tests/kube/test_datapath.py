@@ -434,13 +434,15 @@ def test_uninject_gives_back_the_pod_as_submitted(setup: Setup) -> None:
     assert "initContainers" not in pod["spec"]
     assert diff == SERVER_ADDED, (sorted(diff - SERVER_ADDED), sorted(SERVER_ADDED - diff))
     # The only volume left is the ServiceAccount token's, which the pod had before the
-    # webhook ran; the injected sidecars had it mounted too (the plugin ran again after).
+    # webhook ran (ours, cache-no-api-token included, are gone); only the app mounted it: the
+    # plugin, run again after the webhook, skips our sidecars (they mount that path already).
     assert [v["name"].rsplit("-", 1)[0] for v in pod["spec"]["volumes"]] == ["kube-api-access"]
     token_mounts = {
         c["name"]
         for c in injected["spec"]["initContainers"] + injected["spec"]["containers"]
         if any(m["name"] == pod["spec"]["volumes"][0]["name"] for m in c["volumeMounts"])
     }
+    assert token_mounts == {"app"}
     print(
         f"\nuninject: differs from the template at {len(diff)} server-added paths; "
         f"token mounted in {sorted(token_mounts)}"

@@ -442,6 +442,9 @@ def build_volumes(options: Options) -> list[JsonDict]:
         },
         # varnishd compiles the VCL with cc, which writes temporary files.
         {"name": names.VOLUME_VARNISH_TMP, "emptyDir": {"medium": "Memory", "sizeLimit": "32Mi"}},
+        # Stays empty (mounted read-only: no_api_token). One page, what tmpfs gives anyway;
+        # even on disk an empty directory (4096 bytes) would not exceed it.
+        {"name": names.VOLUME_NO_API_TOKEN, "emptyDir": {"medium": "Memory", "sizeLimit": "4Ki"}},
     ]
 
 
@@ -557,6 +560,22 @@ def memory_limit_warning(
     )
 
 
+def no_api_token(container: JsonDict) -> JsonDict:
+    """With an empty read-only directory where the pod's ServiceAccount token would go.
+
+    The API server's ServiceAccount admission plugin runs again after the webhooks changed
+    the pod and mounts the API token into every container without a mount at that path
+    (measured on a real API server: tests/kube/test_admission.py); the daemons facing client
+    traffic never call the API, so they get no credential for it.
+    """
+    mount = {
+        "name": names.VOLUME_NO_API_TOKEN,
+        "mountPath": names.SERVICE_ACCOUNT_DIR,
+        "readOnly": True,
+    }
+    return {**container, "volumeMounts": [*container["volumeMounts"], mount]}
+
+
 def native(container: JsonDict) -> JsonDict:
     """As a native sidecar: an init container that keeps running (restartPolicy Always)."""
     return {**container, "restartPolicy": "Always"}
@@ -583,6 +602,8 @@ def build_sidecars(options: Options, policy: Policy) -> tuple[list[JsonDict], li
             containers.append(build_access_log(options, policy))
         if options.metrics:
             containers.append(build_exporter(options, policy))
+        # Every container we add, whatever else the options add.
+        containers = [no_api_token(container) for container in containers]
         if policy.model.native_sidecars:
             containers = [native(container) for container in containers]
         built = _BUILT.put(key, (containers, build_volumes(options)))

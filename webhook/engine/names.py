@@ -50,12 +50,17 @@ VOLUME_HAPROXY_RUN = "cache-haproxy-run"
 VOLUME_VARNISH_CONFIG = "cache-varnish-config"
 VOLUME_VARNISH_WORKDIR = "cache-varnish-workdir"
 VOLUME_VARNISH_TMP = "cache-varnish-tmp"
+# Empty, mounted read-only at SERVICE_ACCOUNT_DIR in every container we add, so the API
+# server's ServiceAccount admission plugin (run again after the webhooks) mounts no API token
+# there: it skips a container that already mounts that path (builder.no_api_token).
+VOLUME_NO_API_TOKEN = "cache-no-api-token"
 VOLUMES = (
     VOLUME_HAPROXY_CONFIG,
     VOLUME_HAPROXY_RUN,
     VOLUME_VARNISH_CONFIG,
     VOLUME_VARNISH_WORKDIR,
     VOLUME_VARNISH_TMP,
+    VOLUME_NO_API_TOKEN,
 )
 
 PORT_NAME_HTTP = "cache-http"
@@ -90,6 +95,8 @@ HAPROXY_RUN_DIR = "/var/run/cache-haproxy"
 VARNISH_CONFIG_DIR = "/etc/cache-injector/varnish"
 VARNISH_CONFIG_FILE = "default.vcl"
 VARNISH_WORKDIR = "/var/lib/varnish"
+# Where the ServiceAccount admission plugin mounts the pod's API token.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # varnishncsa's format: one JSON object per client request (-j escapes values for JSON).
 # Fields: time (request start, with its UTC offset), method, url (path and query), status,
 # bytes (body bytes sent), duration_us (request start to end, microseconds: %D, the one
