@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -42,6 +43,7 @@ RELEASE_NAMESPACE = "cache-injector"
 LOCAL_VALUES: dict[str, Any] = {"server": {"host": "::", "workers": 1}}
 READY_TIMEOUT = 120.0
 WORK_ROOT = Path("/var/lib/cache-injector-cluster")
+_SERIAL = itertools.count()
 OWNER_FILE = "owner.pid"  # the process whose cluster this folder holds
 KEEP_ENV = "CACHE_INJECTOR_KEEP_CLUSTER"  # set: close() leaves the workdir (logs) in place
 
@@ -118,7 +120,8 @@ class Cluster:
         # Containers run as other users and must reach their pod's files (pki/ stays 0700).
         for folder in (WORK_ROOT, self.workdir):
             folder.chmod(0o755)
-        self.prefix = prefix or f"ck{os.getpid() % 100000}"
+        # Unique per cluster: a test session has several at once (the session's, a module's).
+        self.prefix = prefix or f"ck{os.getpid() % 100000}{next(_SERIAL):x}"
         self.runs = runs
         self.host_port = host_port
         self.network: NodeNetwork | None = None

@@ -19,6 +19,7 @@ from tests.kube.cluster import Cluster
 from tests.kube.workloads import RUNNING_NAMESPACES, Namespaces, runs_pod
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/kube/" in str(item.fspath):

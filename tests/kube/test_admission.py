@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -84,7 +83,7 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
             problem = host_problem()
             if problem:
                 missing(problem)
-            old = Cluster(kube=binaries(OLDEST), runs=runs_pod, prefix=f"co{os.getpid() % 10000}")
+            old = Cluster(kube=binaries(OLDEST), runs=runs_pod)
             cluster = stack.enter_context(old)
             cluster.install_chart({"replicaCount": 1})
         stack.enter_context(chart_release(cluster, LEGACY, LEGACY_VALUES))
