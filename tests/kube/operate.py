@@ -11,7 +11,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -203,6 +202,15 @@ def chart_policy(
     return path
 
 
+def audit_identity(cluster: Cluster, folder: Path) -> tuple[Path, Path]:
+    """(kubeconfig of the chart's audit ServiceAccount, the chart's policy file): what the
+    audit CronJob runs with."""
+    return (
+        account_kubeconfig(cluster, AUDIT_ACCOUNT, folder / "kubeconfig"),
+        chart_policy(cluster, folder / "policy.yaml"),
+    )
+
+
 @dataclass
 class Audit:
     code: int
@@ -250,7 +258,3 @@ def pods_of(cluster: Cluster, namespace: str, app: str) -> list[client.V1Pod]:
 def events(cluster: Cluster, namespace: str, reason: str) -> list[client.CoreV1Event]:
     listing = cluster.core.list_namespaced_event(namespace)
     return [e for e in listing.items if e.reason == reason]
-
-
-def monotonic_deadline(seconds: float) -> float:
-    return time.monotonic() + seconds

@@ -270,6 +270,16 @@ def test_label_updates_keep_the_injection(
     assert injection_problem(after, native=True) is None
 
 
+def debug(
+    kubectl: Kubectl, ns: str, name: str, *, profile: str, container: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl debug` adding an ephemeral container aimed at the pod's app (no -it)."""
+    return kubectl(
+        "debug", "-n", ns, name, "--image=busybox", "--target=app",
+        f"--profile={profile}", f"--container={container}", check=check,
+    )  # fmt: skip
+
+
 def test_debug_ephemeral_container(
     cluster: Cluster, kubectl: Kubectl, running: tuple[str, str]
 ) -> None:
@@ -278,16 +288,7 @@ def test_debug_ephemeral_container(
     (profile restricted, as the namespace enforces)."""
     ns, name = running
     before = _stored(cluster, ns, name)
-    done = kubectl(
-        "debug",
-        "-n",
-        ns,
-        name,
-        "--image=busybox",
-        "--target=app",
-        "--profile=restricted",
-        "--container=debugger",
-    )
+    done = debug(kubectl, ns, name, profile="restricted", container="debugger")
     assert done.returncode == 0
     after = _stored(cluster, ns, name)
     ephemeral = [c["name"] for c in after["spec"].get("ephemeralContainers") or []]
@@ -302,17 +303,7 @@ def test_debug_general_profile_refused_by_pod_security(
     """The default debug profile's container is not `restricted`: Pod Security refuses the
     subresource update, and the error names the container, not ours."""
     ns, name = running
-    done = kubectl(
-        "debug",
-        "-n",
-        ns,
-        name,
-        "--image=busybox",
-        "--target=app",
-        "--profile=general",
-        "--container=general",
-        check=False,
-    )
+    done = debug(kubectl, ns, name, profile="general", container="general", check=False)
     assert done.returncode != 0
     assert "restricted" in done.stderr and "cache-" not in done.stderr, done.stderr
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
-import datetime
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -21,10 +20,7 @@ from typing import Any
 import helm_python
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 from kubernetes import client
 
 from tests.chart.chart import VALUE_SETS, chart, parse_manifests
@@ -34,6 +30,7 @@ from tests.kube import crds
 from tests.kube.cluster import CHART, LOCAL_VALUES, Cluster, merge
 from tests.kube.conftest import Kubectl, wait_for
 from tests.kube.serviceproxy import ServiceProxy
+from webhook.serve import certs
 
 DRY_RELEASE, DRY_NAMESPACE = "ci", "chart-dry-run"
 # grafanaDashboard's namespace in VALUE_SETS["cache-monitoring"]: Grafana's, which exists
@@ -475,57 +472,19 @@ def test_server_dry_run_of_helm_does_not_validate_objects(with_crds: Kube) -> No
 
 
 def serving_certificate(dns_names: list[str]) -> tuple[str, str, str]:
-    """(CA, certificate, key) PEMs: a CA of its own and a serving certificate it signed."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chart-tests-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    """(CA, certificate, key) PEMs: a CA of its own and a serving certificate it signed, by
+    the code of `cache-injector certs generate`."""
+    authority = certs.new_authority("chart-tests-ca", days=1)
+    cert, key = certs.issue_serving(authority, common_name=dns_names[0], hosts=dns_names, days=1)
     pem = serialization.Encoding.PEM
     key_pem = key.private_bytes(
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    return ca.public_bytes(pem).decode(), cert.public_bytes(pem).decode(), key_pem
+    return (
+        authority.certificate.public_bytes(pem).decode(),
+        cert.public_bytes(pem).decode(),
+        key_pem,
+    )
 
 
 def test_helm_test_with_existing_certificates_and_a_wrong_ca(with_crds: Kube) -> None:

@@ -20,11 +20,11 @@ from kubernetes import client
 from tests.kube.cluster import RELEASE, Cluster
 from tests.kube.conftest import wait_for
 from tests.kube.operate import (
-    AUDIT_ACCOUNT,
     CLI,
     Audit,
     account_kubeconfig,
     apps,
+    audit_identity,
     chart_policy,
     deployment,
     events,
@@ -54,11 +54,7 @@ def kube() -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def as_audit(kube: Cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(kubeconfig of the chart's audit ServiceAccount, the chart's policy file)."""
-    folder = tmp_path_factory.mktemp("audit")
-    return (
-        account_kubeconfig(kube, AUDIT_ACCOUNT, folder / "kubeconfig"),
-        chart_policy(kube, folder / "policy.yaml"),
-    )
+    return audit_identity(kube, tmp_path_factory.mktemp("audit"))
 
 
 def bare_pod(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:

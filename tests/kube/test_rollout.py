@@ -23,13 +23,11 @@ from kubernetes import client
 from tests.kube.cluster import RELEASE_NAMESPACE, Cluster
 from tests.kube.conftest import Kubectl, wait_for
 from tests.kube.operate import (
-    AUDIT_ACCOUNT,
     DEPLOYMENT,
     SERVICE,
-    account_kubeconfig,
     app_template,
     apps,
-    chart_policy,
+    audit_identity,
     events,
     injected,
     leaving,
@@ -154,11 +152,7 @@ def measure(
 
 @pytest.fixture(scope="module")
 def audit_files(kube: Cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("audit")
-    return (
-        account_kubeconfig(kube, AUDIT_ACCOUNT, folder / "kubeconfig"),
-        chart_policy(kube, folder / "policy.yaml"),
-    )
+    return audit_identity(kube, tmp_path_factory.mktemp("audit"))
 
 
 @dataclass

@@ -69,10 +69,16 @@ def _label_warnings(pod: Mapping[str, Any]) -> list[str]:
     return [f"label {names.LABEL_INJECT}: {label} is not enabled or disabled and is ignored"]
 
 
-def _grace_warning(pod: Mapping[str, Any], options: Options) -> list[str]:
+def _grace_seconds(pod: Mapping[str, Any]) -> int:
+    """terminationGracePeriodSeconds, or the API server's default when the pod sets none."""
     grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
     if not isinstance(grace, int) or isinstance(grace, bool):
-        grace = DEFAULT_TERMINATION_GRACE_SECONDS
+        return DEFAULT_TERMINATION_GRACE_SECONDS
+    return grace
+
+
+def _grace_warning(pod: Mapping[str, Any], options: Options) -> list[str]:
+    grace = _grace_seconds(pod)
     needed = options.drain_seconds + SHUTDOWN_BUDGET_SECONDS
     if grace >= needed:
         return []
@@ -89,9 +95,7 @@ def _within_grace(pod: Mapping[str, Any], options: Options, policy: Policy) -> O
     terminationGracePeriodSeconds (defaulted to 30 before admission): the injection would make
     a valid pod invalid, which no failurePolicy lets through. The sleep is cut to the grace
     period (0: none); _grace_warning says so."""
-    grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
-    if not isinstance(grace, int) or isinstance(grace, bool):
-        grace = DEFAULT_TERMINATION_GRACE_SECONDS
+    grace = _grace_seconds(pod)
     if not policy.model.native_sidecars or options.drain_seconds <= grace:
         return options
     return replace(options, drain_seconds=max(grace, 0))
