@@ -153,12 +153,22 @@ def tiny_objects(gen_name: str) -> TinyObjects:
 
 
 def turnover_peaks(seen: TinyObjects) -> list[float]:
-    """The highest footprint during each replacement of the cache (0: while it filled)."""
+    """The highest footprint during each replacement of the cache (0: while it filled).
+
+    The sample that ends the stream is past the last replacement (on a loaded machine, with
+    samples 2 s apart or more, by a good part of another one): it counts towards the last
+    replacement only when no sample fell inside it."""
     size = max(1, seen.full_at_objects)
     peaks: dict[int, float] = {}
+    overshoot: float | None = None
     for sample in seen.samples:
-        turn = min(TURNOVERS, -(-sample.nuked // size))  # 0 while filling
+        turn = -(-sample.nuked // size)  # 0 while filling
+        if turn > TURNOVERS:
+            overshoot = max(overshoot or 0.0, sample.varnish_mib)
+            continue
         peaks[turn] = max(peaks.get(turn, 0.0), sample.varnish_mib)
+    if overshoot is not None and TURNOVERS not in peaks:
+        peaks[TURNOVERS] = overshoot
     return [peaks[turn] for turn in sorted(peaks)]
 
 
