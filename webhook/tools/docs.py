@@ -102,10 +102,11 @@ def _trackers_section() -> list[str]:
         "gets every parameter as that client sent it (server-side analytics still see the",
         "campaign of the click that missed; the clicks served from cache reach no backend, as",
         "with any hit). The cached object is the one fetched for the first click. A PURGE of",
-        "`/page` (or `cache-injector purge --url /page`) drops the object that",
-        "`/page?utm_source=x` stored, and a ban's URL regex is matched against the URL as the",
-        "cache keys it (listed parameters removed, sorted with sort-query), so `^/page$`",
-        "matches it too. A URL left with nothing after its `?` is keyed without it.",
+        "`/page` drops the object that `/page?utm_source=x` stored, and a ban's URL regex is",
+        "matched against the URL as the cache keys it (listed parameters removed, sorted with",
+        "sort-query), so `cache-injector purge --url /page` (a ban of `^/page$`) drops it too;",
+        "name a URL to ban that way (docs/day2.md). A URL left with nothing after its `?` is",
+        "keyed without it. Names are matched as sent: a percent-encoded name is not the same.",
     ]
 
 
