@@ -306,9 +306,7 @@ class BackendPod:
         self.last_request_at = 0.0
         self._servers: list[_Server] = []
 
-    def count(
-        self, path: str, cookie: str | None, family: str = "ipv4", target: str = ""
-    ) -> None:
+    def count(self, path: str, cookie: str | None, family: str = "ipv4", target: str = "") -> None:
         with self._lock:
             self.requests[path] += 1
             if path != "/healthz":
