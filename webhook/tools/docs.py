@@ -105,8 +105,9 @@ def _trackers_section() -> list[str]:
         "`/page` drops the object that `/page?utm_source=x` stored, and a ban's URL regex is",
         "matched against the URL as the cache keys it (listed parameters removed, sorted with",
         "sort-query), so `cache-injector purge --url /page` (a ban of `^/page$`) drops it too;",
-        "name a URL to ban that way (docs/day2.md). A URL left with nothing after its `?` is",
-        "keyed without it. Names are matched as sent: a percent-encoded name is not the same.",
+        "name a URL to ban that way (docs/day2.md). With a list, a URL left with nothing after",
+        "its `?` is keyed without it. Names are matched as sent: a percent-encoded name is not",
+        "the same.",
     ]
 
 
