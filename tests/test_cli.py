@@ -160,3 +160,26 @@ def test_policy_flag_with_invalid_policy_exits_2(tmp_path: Path) -> None:
     result = cli("inject", "-f", "-", "--policy", str(path), stdin=deployment())
     assert result.exit_code == 2
     assert f"{path}: onInvalid:" in result.stderr
+
+
+def test_explain_shows_the_query_options_their_sources_and_what_trackers_names(
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("defaults: {sort-query: true}\n")
+    text = deployment().replace(
+        "cache-injector.io/backend: app:8080",
+        "cache-injector.io/backend: app:8080\n        "
+        "cache-injector.io/ignore-query-params: trackers,ref",
+    )
+    result = cli("explain", "-f", "-", "--policy", str(policy), *SELECT, stdin=text)
+    assert result.exit_code == 0, result.stderr
+    assert "ignore-query-params=trackers,ref (annotation)" in result.stdout
+    assert "sort-query=true (policy-default)" in result.stdout
+    result = cli("explain", "-f", "-", "-o", "json", "--policy", str(policy), *SELECT, stdin=text)
+    (record,) = json.loads(result.stdout)
+    query = record["options"]["ignore-query-params"]
+    assert query["names"][:3] == ["utm_*", "gclid", "gclsrc"] and query["names"][-1] == "ref"
+    assert record["options"]["sort-query"] == {"value": "true", "source": "policy-default"}
+    plain = cli("explain", "-f", "-", *SELECT, stdin=deployment())
+    assert "ignore-query-params=unset (built-in), sort-query=false (built-in)" in plain.stdout

@@ -59,6 +59,13 @@ MATRIX: list[tuple[str, dict[str, str], dict[str, object]]] = [
         {P + "ignore-cookies": "_ga,_ga_*,_gid,a.b,x-y*", P + "sticky-sessions": "true"},
         {},
     ),
+    ("ignore-query-one", {P + "ignore-query-params": "gclid"}, {}),
+    ("sort-query", {P + "sort-query": "true"}, {}),
+    (
+        "ignore-query-trackers-sorted",
+        {P + "ignore-query-params": "trackers,ref,a.b,x-y*", P + "sort-query": "true"},
+        {},
+    ),
     ("ip-family-ipv4", {P + "ip-family": "ipv4"}, {}),
     (
         "ip-family-ipv6",

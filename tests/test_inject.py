@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jsonpatch
@@ -369,3 +370,54 @@ def test_a_pod_without_spec_or_metadata_parts_still_gets_a_patch_that_applies(
         "cache-haproxy",
         "cache-varnish",
     ]
+
+
+def _vcl(annotations: dict[str, str], policy: Policy, templates: Templates) -> str:
+    outcome = run(make_pod(annotations=annotations), policy, templates)
+    assert outcome.configs is not None and outcome.configs.vcl is not None
+    return outcome.configs.vcl
+
+
+def test_ignored_query_params_leave_the_cache_key_not_the_request(
+    policy: Policy, templates: Templates
+) -> None:
+    """The rendered key expression, run on URLs (Python's re and PCRE agree on these
+    patterns; the e2e runs them in Varnish): named parameters go, whole names only, the rest
+    stays in order; req.url and bereq.url are never rewritten."""
+    vcl = _vcl({P + "ignore-query-params": "utm_*,gclid,a.b"}, policy, templates)
+    match = re.search(
+        r'hash_data\(regsub\(regsuball\(req\.url, "([^"]+)", ""\), "([^"]+)", ""\)\);', vcl
+    )
+    assert match, vcl
+    remove, tail = (re.compile(pattern) for pattern in match.groups())
+
+    def key(url: str) -> str:
+        return tail.sub("", remove.sub("", url), count=1)
+
+    cases = {
+        "/p?utm_source=news&utm_medium=mail": "/p",
+        "/p?id=7&utm_source=x&gclid=abc&page=2": "/p?id=7&page=2",
+        "/p?gclid": "/p",
+        "/p?gclid=1&gclid=2&id=7": "/p?id=7",
+        "/p?gclid2=1&xgclid=2&a_b=3&axb=4": "/p?gclid2=1&xgclid=2&a_b=3&axb=4",
+        "/p?q=utm_source%3Dx&a.b=1": "/p?q=utm_source%3Dx",
+        "/utm_x/p?id=1": "/utm_x/p?id=1",
+        "/p": "/p",
+    }
+    assert {url: key(url) for url in cases} == cases
+    assert not re.search(r"set (bereq|req)\.url = (regsub|std\.querysort)", vcl)
+    assert 'set beresp.http.X-Cache-Url = regsub(regsuball(bereq.url, "' in vcl
+
+
+def test_sort_query_wraps_the_key_and_the_default_keeps_the_built_in_hash(
+    policy: Policy, templates: Templates
+) -> None:
+    both = _vcl({P + "ignore-query-params": "gclid", P + "sort-query": "true"}, policy, templates)
+    assert "hash_data(std.querysort(regsub(regsuball(req.url, " in both
+    assert "set beresp.http.X-Cache-Url = std.querysort(regsub(regsuball(bereq.url, " in both
+    sort = _vcl({P + "sort-query": "true"}, policy, templates)
+    assert "hash_data(std.querysort(req.url));" in sort
+    assert "set beresp.http.X-Cache-Url = std.querysort(bereq.url);" in sort
+    default = _vcl({}, policy, templates)
+    assert "sub vcl_hash" not in default and "querysort" not in default
+    assert "set beresp.http.X-Cache-Url = bereq.url;" in default

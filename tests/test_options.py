@@ -18,7 +18,15 @@ from webhook.engine.errors import (
 )
 from webhook.engine.options import resolve_options, unknown_annotation_warnings
 from webhook.engine.policy import Policy
-from webhook.engine.values import MIB, Backend, ObjectSize, cookie_names_regex, parse_backend
+from webhook.engine.values import (
+    MIB,
+    TRACKING_QUERY_PARAMS,
+    Backend,
+    ObjectSize,
+    cookie_names_regex,
+    parse_backend,
+    parse_query_param_names,
+)
 
 P = "cache-injector.io/"
 
@@ -100,6 +108,27 @@ INVALID = [
     pytest.param("ignore-cookies", "a|b", "comma-separated", id="cookies-regex"),
     pytest.param("ignore-cookies", 'a"b', "comma-separated", id="cookies-quote"),
     pytest.param("ignore-cookies", "_g*a", "comma-separated", id="cookies-star-inside"),
+    pytest.param(
+        "ignore-query-params", "", "comma-separated query parameter names", id="query-empty"
+    ),
+    pytest.param("ignore-query-params", "gclid,,fbclid", "at most 64", id="query-empty-name"),
+    pytest.param("ignore-query-params", "*", "ending in *", id="query-everything"),
+    pytest.param("ignore-query-params", "utm_source|gclid", "letters, digits", id="query-regex"),
+    pytest.param("ignore-query-params", "a=b", "letters, digits", id="query-equals"),
+    pytest.param("ignore-query-params", "a&b", "letters, digits", id="query-ampersand"),
+    pytest.param("ignore-query-params", 'a"b', "letters, digits", id="query-quote"),
+    pytest.param("ignore-query-params", "utm*_x", "ending in *", id="query-star-inside"),
+    pytest.param("ignore-query-params", "x" * 65, "letters, digits", id="query-name-too-long"),
+    pytest.param(
+        "ignore-query-params", ",".join(f"p{i}" for i in range(65)), "at most 64", id="query-65"
+    ),
+    pytest.param(
+        "ignore-query-params",
+        "trackers," + ",".join(f"p{i}" for i in range(31)),
+        "trackers stands for 34 of them, so at most 30 more beside it",
+        id="query-trackers-plus-31",
+    ),
+    pytest.param("sort-query", "yes", "true or false", id="sort-query-yes"),
 ]
 
 
@@ -160,6 +189,28 @@ def test_every_invalid_annotation_is_reported_at_once(policy: Policy) -> None:
             ("_ga", "_ga_*", "_gid", "consent.v2"),
             id="cookies",
         ),
+        pytest.param(
+            "ignore-query-params",
+            "gclid, utm_*,a.b,x-y",
+            "ignore_query_params",
+            ("gclid", "utm_*", "a.b", "x-y"),
+            id="query-params",
+        ),
+        pytest.param(
+            "ignore-query-params",
+            "ref,trackers,gclid",
+            "ignore_query_params",
+            ("ref", *TRACKING_QUERY_PARAMS),
+            id="query-trackers-expanded-once",
+        ),
+        pytest.param(
+            "ignore-query-params",
+            "trackers," + ",".join(f"p{i}" for i in range(64 - len(TRACKING_QUERY_PARAMS))),
+            "ignore_query_params",
+            (*TRACKING_QUERY_PARAMS, *(f"p{i}" for i in range(64 - len(TRACKING_QUERY_PARAMS)))),
+            id="query-64-in-all",
+        ),
+        pytest.param("sort-query", "true", "sort_query", True, id="sort-query-on"),
     ],
 )
 def test_valid_annotation_values(
@@ -345,6 +396,7 @@ def test_defaults_of_the_traffic_options(policy: Policy) -> None:
     assert options.max_object_size.bytes_for(options.cache_size) == 128 * MIB // 10
     assert options.tunnel_timeout == 3600
     assert options.ignore_cookies is None
+    assert options.ignore_query_params is None and options.sort_query is False
 
 
 def test_cookie_regex_matches_whole_names_only() -> None:
@@ -353,3 +405,30 @@ def test_cookie_regex_matches_whole_names_only() -> None:
         assert pattern.search(cookie), cookie
     for cookie in ("_gab=1", "x_ga=1", "axb=1", "session=_ga=1"):
         assert not pattern.search(cookie), cookie
+
+
+def test_trackers_list_is_valid_and_covers_the_common_ones() -> None:
+    """The preset passes its own parser (so the VCL regex is safe) and names what the issue
+    and the vendors' documentation name."""
+    assert parse_query_param_names(",".join(TRACKING_QUERY_PARAMS)) == TRACKING_QUERY_PARAMS
+    for name in ("utm_*", "gclid", "fbclid", "msclkid", "mc_cid", "mc_eid", "dclid", "gbraid"):
+        assert name in TRACKING_QUERY_PARAMS
+    for name in ("wbraid", "_ga", "_gl", "yclid", "igshid", "twclid", "li_fat_id"):
+        assert name in TRACKING_QUERY_PARAMS
+
+
+def test_query_params_from_the_policy_default_with_its_source() -> None:
+    policy = policy_from({"defaults": {"ignore-query-params": "trackers", "sort-query": True}})
+    options = resolve_options({P + "backend": "app:8080"}, namespace="shop", policy=policy)
+    assert options.ignore_query_params == TRACKING_QUERY_PARAMS
+    assert options.sort_query is True
+    assert options.sources["ignore_query_params"] == "policy-default"
+    assert options.texts["ignore_query_params"] == "trackers"
+
+
+def test_a_bad_policy_default_names_the_field_value_and_accepted() -> None:
+    with pytest.raises(InvalidPolicy) as caught:
+        policy_from({"defaults": {"ignore-query-params": "utm_source|gclid"}})
+    (problem,) = caught.value.problems
+    assert problem.startswith('defaults.ignore-query-params: "utm_source|gclid": ')
+    assert "comma-separated query parameter names" in problem

@@ -335,6 +335,11 @@ def explain_record(path: str, result: Result) -> dict[str, Any]:
                 "value": outcome.options.texts[spec.name],
                 "source": outcome.options.sources[spec.name],
             }
+        # `trackers` stands for a list: show the names the cache key leaves out.
+        if outcome.options.ignore_query_params:
+            record["options"]["ignore-query-params"]["names"] = list(
+                outcome.options.ignore_query_params
+            )
         # A percentage means nothing without the cache it is of: show the bytes too.
         limit = outcome.options.max_object_size.bytes_for(outcome.options.cache_size)
         record["options"]["max-object-size"]["bytes"] = limit

@@ -17,7 +17,7 @@ path prefix decides its caching headers:
 anything else is a 404. After set_failing(seconds) every other path answers 503 (no-store)
 after that delay: a broken application whose pods still accept connections.
 Requests are counted per path, with the cookies they carried, and (health checks aside) by
-the address family they arrived on.
+the address family they arrived on and with their query as received.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             path = self.path.split("?", 1)[0]
             family = "ipv6" if self.server.address_family == socket.AF_INET6 else "ipv4"
-            pod.count(path, self.headers.get("Cookie"), family)
+            pod.count(path, self.headers.get("Cookie"), family, self.path)
             if path.startswith("/big/"):
                 return self._big(path)
             if path.startswith("/events/"):
@@ -302,14 +302,16 @@ class BackendPod:
         self.requests: Counter[str] = Counter()
         self.families: Counter[str] = Counter()  # requests by the address they came to
         self.cookies: list[str] = []
+        self.targets: list[str] = []  # request targets (path and query) as received, in order
         self.last_request_at = 0.0
         self._servers: list[_Server] = []
 
-    def count(self, path: str, cookie: str | None, family: str = "ipv4") -> None:
+    def count(self, path: str, cookie: str | None, family: str = "ipv4", target: str = "") -> None:
         with self._lock:
             self.requests[path] += 1
             if path != "/healthz":
                 self.families[family] += 1
+                self.targets.append(target or path)
             self.last_request_at = time.monotonic()
             if cookie:
                 self.cookies.append(cookie)

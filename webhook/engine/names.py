@@ -289,6 +289,29 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "cache. Unset: any cookie passes the request to the backend.",
     ),
     OptionSpec(
+        "ignore_query_params",
+        "query_names",
+        None,
+        "comma-separated query parameter names (letters, digits, '_', '.', '-'; at most 64 "
+        "in all), each optionally ending in * to name every parameter that starts with it, "
+        "and trackers for the common tracking parameters, such as trackers or "
+        "utm_*,gclid,fbclid",
+        "Query parameters that do not change a response (campaign and click tracking): left "
+        "out of the cache key, so every click on a tagged link is served the one cached copy; "
+        "the backend still gets the URL as requested (its first click's on a miss). trackers: "
+        "utm_*, gclid, fbclid, msclkid, mc_cid, mc_eid and the rest of the list in "
+        "docs/annotations.md. Unset: every parameter is part of the key (opt in: an app "
+        "that renders a listed parameter would serve one visitor's page to all).",
+    ),
+    OptionSpec(
+        "sort_query",
+        "bool",
+        "false",
+        "true or false",
+        "true: the query string is sorted for the cache key (std.querysort), so ?a=1&b=2 and "
+        "?b=2&a=1 are one object; the backend still gets the parameters in their order.",
+    ),
+    OptionSpec(
         "vcl_configmap",
         "dns_subdomain",
         None,

@@ -43,6 +43,8 @@ class Options:
     max_object_size: values.ObjectSize
     tunnel_timeout: int
     ignore_cookies: tuple[str, ...] | None
+    ignore_query_params: tuple[str, ...] | None
+    sort_query: bool
     vcl_configmap: str | None
     access_log: bool
     metrics: bool

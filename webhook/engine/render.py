@@ -120,6 +120,12 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "ignore_cookies_regex": (
             values.cookie_names_regex(options.ignore_cookies) if options.ignore_cookies else ""
         ),
+        "ignore_query_params_regex": (
+            values.query_names_regex(options.ignore_query_params)
+            if options.ignore_query_params
+            else ""
+        ),
+        "sort_query": options.sort_query,
         "grace": options.grace,
         "local_port": names.HAPROXY_LOCAL_PORT,
         "metrics_port": names.HAPROXY_METRICS_PORT,

@@ -221,30 +221,109 @@ def parse_object_size(text: str) -> ObjectSize:
     return ObjectSize(size=size)
 
 
-# A cookie name (RFC 6265 token, restricted to characters safe in a VCL regex once "." is
-# escaped), optionally ending in "*" to name every cookie starting with the rest.
-_COOKIE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\*?$|^[A-Za-z0-9_.-]{0,63}\*$")
+# A cookie or query parameter name (restricted to characters safe in a VCL regex once "." is
+# escaped), optionally ending in "*" to name every one starting with the rest.
+_WILDCARD_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\*?$|^[A-Za-z0-9_.-]{0,63}\*$")
 MAX_COOKIE_NAMES = 32
 
 
-def parse_cookie_names(text: str) -> tuple[str, ...]:
-    """Comma-separated cookie names, each optionally ending in * (a prefix); at most 32."""
+def _parse_wildcard_names(text: str, most: int) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(","))
-    if not names or len(names) > MAX_COOKIE_NAMES:
+    if not names or len(names) > most:
         raise ValueError("")
     for name in names:
-        if not _COOKIE_NAME.match(name) or name == "*":
+        if not _WILDCARD_NAME.match(name) or name == "*":
             raise ValueError("")
     return names
 
 
-def cookie_names_regex(names: tuple[str, ...]) -> str:
-    """A VCL regex matching any of the names as a whole cookie name: (_ga|_gid|_ga_[^=;]*)."""
+def parse_cookie_names(text: str) -> tuple[str, ...]:
+    """Comma-separated cookie names, each optionally ending in * (a prefix); at most 32."""
+    return _parse_wildcard_names(text, MAX_COOKIE_NAMES)
+
+
+def wildcard_names_regex(names: tuple[str, ...], stop: str) -> str:
+    """A VCL regex matching any of the names as a whole name, a trailing * matching anything
+    but the `stop` characters: (_ga|_gid|_ga_[^=;]*) for cookies."""
     parts = [
-        name[:-1].replace(".", "\\.") + "[^=;]*" if name.endswith("*") else name.replace(".", "\\.")
+        name[:-1].replace(".", "\\.") + f"[^{stop}]*"
+        if name.endswith("*")
+        else name.replace(".", "\\.")
         for name in names
     ]
     return "(" + "|".join(parts) + ")"
+
+
+def cookie_names_regex(names: tuple[str, ...]) -> str:
+    """A VCL regex matching any of the names as a whole cookie name: (_ga|_gid|_ga_[^=;]*)."""
+    return wildcard_names_regex(names, "=;")
+
+
+# `trackers` in ignore-query-params: parameters that identify a click, a campaign or a mail
+# recipient for analytics and never select content. Drawn from the query-stripping lists of
+# Firefox (Enhanced Tracking Protection: firefox-source-docs.mozilla.org, "Query Parameter
+# Stripping") and Brave, plus the campaign and click parameters the vendors document
+# (docs/annotations.md names them; webhook/tools/docs.py writes that section).
+QUERY_PARAMS_PRESET = "trackers"
+TRACKING_QUERY_PARAMS: tuple[str, ...] = (
+    "utm_*",
+    "gclid",
+    "gclsrc",
+    "gbraid",
+    "wbraid",
+    "dclid",
+    "_ga",
+    "_gl",
+    "fbclid",
+    "igshid",
+    "msclkid",
+    "mc_cid",
+    "mc_eid",
+    "li_fat_id",
+    "twclid",
+    "ttclid",
+    "yclid",
+    "_openstat",
+    "mtm_*",
+    "_hsenc",
+    "_hsmi",
+    "__hssc",
+    "__hstc",
+    "__hsfp",
+    "hsCtaTracking",
+    "mkt_tok",
+    "oly_anon_id",
+    "oly_enc_id",
+    "vero_id",
+    "vero_conv",
+    "__s",
+    "rb_clickid",
+    "s_cid",
+    "wickedid",
+)
+MAX_QUERY_PARAMS = 64
+
+
+def parse_query_param_names(text: str) -> tuple[str, ...]:
+    """Comma-separated parameter names, each optionally ending in * (a prefix), `trackers`
+    standing for TRACKING_QUERY_PARAMS; at most 64 once expanded, duplicates dropped."""
+    expanded: list[str] = []
+    for name in _parse_wildcard_names(text, MAX_QUERY_PARAMS):
+        for one in TRACKING_QUERY_PARAMS if name == QUERY_PARAMS_PRESET else (name,):
+            if one not in expanded:
+                expanded.append(one)
+    if len(expanded) > MAX_QUERY_PARAMS:
+        raise ValueError(
+            f"at most {MAX_QUERY_PARAMS} query parameter names in all; "
+            f"{QUERY_PARAMS_PRESET} stands for {len(TRACKING_QUERY_PARAMS)} of them, so at "
+            f"most {MAX_QUERY_PARAMS - len(TRACKING_QUERY_PARAMS)} more beside it"
+        )
+    return tuple(expanded)
+
+
+def query_names_regex(names: tuple[str, ...]) -> str:
+    """A VCL regex matching any of the names as a whole query parameter name."""
+    return wildcard_names_regex(names, "=&")
 
 
 def has_transit_buffer(image: str) -> bool:
@@ -287,4 +366,6 @@ def parse_option_value(kind: str, text: str, low: int | None, high: int | None) 
         return parse_object_size(text)
     if kind == "cookie_names":
         return parse_cookie_names(text)
+    if kind == "query_names":
+        return parse_query_param_names(text)
     raise AssertionError(f"unknown option kind {kind}")

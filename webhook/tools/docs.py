@@ -39,6 +39,7 @@ def annotations_md() -> str:
         accepted = spec.accepted.format(high=spec.high, limit="the policy's limits.maxCacheSize")
         default = f"`{spec.default}`" if spec.default is not None else "unset"
         lines.append(f"| `{spec.key}` | {accepted} | {default} | {spec.doc} |")
+    lines += _trackers_section()
     lines += [
         "",
         "## Written by the injector",
@@ -71,6 +72,43 @@ def annotations_md() -> str:
     for code, sentence in REASONS.items():
         lines.append(f"| `{code}` | {sentence.replace('{', '<').replace('}', '>')} |")
     return "\n".join(lines) + "\n"
+
+
+def _trackers_section() -> list[str]:
+    key = names.OPTIONS_BY_NAME["ignore_query_params"].key
+    sort = names.OPTIONS_BY_NAME["sort_query"].key
+    listed = ", ".join(f"`{name}`" for name in values.TRACKING_QUERY_PARAMS)
+    return [
+        "",
+        f"## Query parameters: `{key}` and `{sort}`",
+        "",
+        f"`{values.QUERY_PARAMS_PRESET}` names the parameters that identify a click, a campaign",
+        f"or a mail recipient for analytics and never select content: {listed}.",
+        "It is drawn from the query-stripping lists of Firefox (Enhanced Tracking Protection,",
+        'firefox-source-docs.mozilla.org "Query Parameter Stripping") and Brave, plus the',
+        "campaign and click parameters the vendors document (Google Analytics `utm_*` and",
+        "`_gl`; Google Ads `gclid`, `gclsrc`, `gbraid`, `wbraid`, `dclid`; Meta `fbclid`,",
+        "`igshid`; Microsoft Ads `msclkid`; Mailchimp `mc_cid`, `mc_eid`; HubSpot `_hsenc`,",
+        "`_hsmi`; LinkedIn `li_fat_id`; X `twclid`; TikTok `ttclid`; Yandex `yclid`; Matomo",
+        f'`mtm_*`). Add your own beside it: `"{values.QUERY_PARAMS_PRESET},ref,campaign_*"`.',
+        "Names are case-sensitive and matched whole (`gclid` is not `gclid2`; `utm_*` is every",
+        "name starting `utm_`).",
+        "",
+        "Off by default, because a listed parameter can change a response: an app that prints",
+        "`utm_campaign` into the page, or picks a landing page by it, would have the first",
+        "click's page served to every later one. Turn it on for the workloads you know.",
+        "",
+        "What changes is the cache key only. The request keeps its URL: on a miss the backend",
+        "gets every parameter as that client sent it (server-side analytics still see the",
+        "campaign of the click that missed; the clicks served from cache reach no backend, as",
+        "with any hit). The cached object is the one fetched for the first click. A PURGE of",
+        "`/page` drops the object that `/page?utm_source=x` stored, and a ban's URL regex is",
+        "matched against the URL as the cache keys it (listed parameters removed, sorted with",
+        "sort-query), so `cache-injector purge --url /page` (a ban of `^/page$`) drops it too;",
+        "name a URL to ban that way (docs/day2.md). With a list, a URL left with nothing after",
+        "its `?` is keyed without it. Names are matched as sent: a percent-encoded name is not",
+        "the same.",
+    ]
 
 
 def _describe(schema: dict[str, Any], defs: dict[str, Any]) -> str:
