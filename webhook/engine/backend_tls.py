@@ -34,9 +34,10 @@ class Options(Protocol):
 
 OFF, ON = "off", "on"
 COMPANIONS = ("backend_tls_ca", "backend_tls_server_name", "backend_tls_client_secret")
-# What HAProxy logs when a handshake with a backend pod fails (certificate not from the CA,
-# a name that does not match, no client certificate): the health check's reason.
+# What HAProxy (2.6 and 3.4 alike) logs as a backend pod's health check fails: a certificate
+# not from the CA (or a refused client certificate), and one that names another host.
 HANDSHAKE_FAILURE = "SSL handshake failure"
+WRONG_NAME = "Server presented an SSL certificate different from the expected one"
 
 
 def _key(name: str) -> str:
@@ -211,7 +212,8 @@ def describe(options: Options, fqdn: str) -> str | None:
     return (
         f"HTTPS to the backend pods: each pod's certificate must chain to {source} and name "
         f"{name} (also sent as SNI; health checks too){client}. If not, HAProxy marks the pod "
-        f'DOWN with "{HANDSHAKE_FAILURE}" in {names.CONTAINER_HAPROXY}\'s log and clients get '
-        f"503: check the pods' certificates (openssl s_client -connect POD_IP:PORT -servername "
-        f"{name}) against that CA and name"
+        f"DOWN and clients get 503; {names.CONTAINER_HAPROXY}'s log says "
+        f'"{HANDSHAKE_FAILURE}" (not from that CA, or the client certificate refused) or '
+        f'"{WRONG_NAME}" (a certificate for another name): compare the pods\' certificates '
+        f"(openssl s_client -connect POD_IP:PORT -servername {name}) with that CA and name"
     )
