@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,7 @@ def tls_env(
     served_by: ssl.SSLContext,
     trusted: trustme.CA,
     client: trustme.CA | None = None,
+    edit_haproxy_cfg: Callable[[str], str] | None = None,
 ) -> PodEnv:
     """A pod whose backends serve `served_by`, trusting `trusted` (ConfigMap app-ca) and,
     with `client`, presenting a certificate from it (Secret web-client)."""
@@ -72,6 +74,7 @@ def tls_env(
         secrets=secrets,
         backend_tls=served_by,
         label=label,
+        edit_haproxy_cfg=edit_haproxy_cfg,
     )
 
 
@@ -182,29 +185,52 @@ def p50_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 2)
 
 
+NO_REUSE = "option http-server-close"
+
+
+def no_reuse(cfg: str) -> str:
+    """haproxy.cfg with a new backend connection per request (closed after each response):
+    every MISS over HTTPS then pays a handshake (resumed: HAProxy keeps each server's TLS
+    session). `http-reuse never` is not that: a session keeps its own idle connections."""
+    return cfg.replace("    balance roundrobin\n", f"    balance roundrobin\n    {NO_REUSE}\n")
+
+
 @pytest.mark.parametrize("gen_name", GENERATIONS)
 def test_miss_latency_with_and_without_tls_to_the_backend(gen_name: str) -> None:
     """Printed, not asserted: a MISS (a cacheable object not yet stored) through a pod with
-    plain HTTP to the backends and one with HTTPS, side by side, requests alternated."""
+    plain HTTP to the backends and one with HTTPS, side by side, requests alternated; once
+    as generated (HAProxy keeps backend connections alive) and once with a new backend
+    connection per request (so a TLS handshake per MISS: the worst case)."""
     ca = trustme.CA()
-    rounds = 200
-    with (
-        PodEnv(generation(gen_name), label="miss-plain") as plain,
-        tls_env(gen_name, "miss-tls", served_by=server_context(ca), trusted=ca) as tls,
-    ):
-        note = recorder("30 backend TLS", plain.gen.label)
-        for env in (plain, tls):  # warm: connections to every pod, the VCL's first run
-            assert not errors([env.http.get(f"/static/warm/{i}") for i in range(9)])
-        timings: dict[str, list[float]] = {"plain": [], "tls": []}
-        for index in range(rounds):
-            order = [("plain", plain), ("tls", tls)]
-            for name, env in order if index % 2 else order[::-1]:
-                reply = env.http.get(f"/static/miss/{index}")
-                assert (reply.status, reply.cache) == (200, "MISS"), reply.describe()
-                timings[name].append(reply.elapsed)
-        plain_ms, tls_ms = p50_ms(timings["plain"]), p50_ms(timings["tls"])
-        note(f"MISS p50 ms, HTTP to backend (n={rounds})", plain_ms)
-        note(f"MISS p50 ms, HTTPS to backend (n={rounds})", tls_ms)
-        note("MISS p50 HTTPS - HTTP, ms", round(tls_ms - plain_ms, 2))
-        handshakes = sum(b.handshakes[1] for b in tls.backends.values())
-        note("TLS handshakes on the backends during the run (incl. checks)", handshakes)
+    rounds = 300
+    for reuse in ("kept-alive", "no reuse"):
+        edit = None if reuse == "kept-alive" else no_reuse
+        with (
+            PodEnv(generation(gen_name), label="miss-plain", edit_haproxy_cfg=edit) as plain,
+            tls_env(
+                gen_name,
+                "miss-tls",
+                served_by=server_context(ca),
+                trusted=ca,
+                edit_haproxy_cfg=edit,
+            ) as tls,
+        ):
+            for env in (plain, tls) if edit else ():
+                assert NO_REUSE in env.manifest["metadata"]["annotations"][P + "haproxy-cfg"]
+            note = recorder("30 backend TLS", plain.gen.label)
+            for env in (plain, tls):  # warm: connections to every pod, the VCL's first run
+                assert not errors([env.http.get(f"/static/warm/{i}") for i in range(9)])
+            before = sum(b.handshakes[1] for b in tls.backends.values())
+            timings: dict[str, list[float]] = {"plain": [], "tls": []}
+            for index in range(rounds):
+                order = [("plain", plain), ("tls", tls)]
+                for name, env in order if index % 2 else order[::-1]:
+                    reply = env.http.get(f"/static/miss/{index}")
+                    assert (reply.status, reply.cache) == (200, "MISS"), reply.describe()
+                    timings[name].append(reply.elapsed)
+            plain_ms, tls_ms = p50_ms(timings["plain"]), p50_ms(timings["tls"])
+            handshakes = sum(b.handshakes[1] for b in tls.backends.values()) - before
+            note(f"MISS p50 ms, {reuse}, HTTP (n={rounds})", plain_ms)
+            note(f"MISS p50 ms, {reuse}, HTTPS (n={rounds})", tls_ms)
+            note(f"MISS p50 ms, {reuse}, HTTPS - HTTP", round(tls_ms - plain_ms, 2))
+            note(f"TLS handshakes, {reuse} (incl. checks)", handshakes)
