@@ -239,8 +239,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "certificates (KEY: letters, digits, '-', '_' and '.'; default ca.crt), such as "
         "app-ca or app-ca:ca.crt; or system, the HAProxy image's CA bundle",
         "The CAs backend certificates must chain to, mounted read-only into cache-haproxy "
-        "(read when HAProxy starts). Needed with backend-tls: on. system suits public CAs "
-        "only: Service names (*.svc.<clusterDomain>) get certificates from a private CA.",
+        "(read when HAProxy starts). Needed with backend-tls: on. system (HAProxy's "
+        "@system-ca: OpenSSL's default CA directory, which the image must ship) suits "
+        "public CAs only: Service names (*.svc.<clusterDomain>) get private-CA certificates.",
     ),
     OptionSpec(
         "backend_tls_server_name",
