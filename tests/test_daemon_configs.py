@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests import daemons
 from tests.conftest import CORPUS, ROOT, make_pod, policy_from
@@ -89,6 +90,34 @@ MATRIX: list[tuple[str, dict[str, str], dict[str, object]]] = [
     ("transient", {}, {"transientSize": "1Gi"}),
     ("vcl-configmap", {P + "vcl-configmap": "my-vcl"}, {}),
     ("access-log-metrics", {P + "access-log": "true", P + "metrics": "true"}, {}),
+    ("backend-tls-ca-configmap", {P + "backend-tls": "on", P + "backend-tls-ca": "app-ca"}, {}),
+    (
+        "backend-tls-system-ca-srv-name",
+        {
+            P + "backend": "app:https",
+            P + "discovery": "dns-srv",
+            P + "backend-tls": "on",
+            P + "backend-tls-ca": "system",
+            P + "backend-tls-server-name": "api.example.internal",
+            P + "health-path": "/healthz",
+        },
+        {},
+    ),
+    (
+        "backend-tls-mtls",
+        {
+            P + "backend-tls": "on",
+            P + "backend-tls-ca": "app-ca:bundle.pem",
+            P + "backend-tls-client-secret": "web-client",
+            P + "sticky-sessions": "true",
+        },
+        {},
+    ),
+    (
+        "backend-tls-insecure-mtls",
+        {P + "backend-tls": "insecure-skip-verify", P + "backend-tls-client-secret": "web-client"},
+        {"namespaces": {"shop": {"allowInsecureBackendTls": True}}},
+    ),
     (
         "access-log-sticky",
         {P + "access-log": "true", P + "sticky-sessions": "true", P + "health-path": "/h"},
@@ -221,6 +250,7 @@ def workdir() -> Iterator[Path]:
 @pytest.mark.parametrize(("case", "cfg"), [pytest.param(*c, id=c[0]) for c in _unique("cfg")])
 def test_haproxy_accepts_config(label: str, case: str, cfg: str, workdir: Path) -> None:
     daemon = daemons.require(label)
+    cfg = _with_tls_files(cfg, workdir)
     path = workdir / f"{label}-{hashlib.sha256(cfg.encode()).hexdigest()[:12]}.cfg"
     path.write_text(cfg)
     path.chmod(0o644)
@@ -230,6 +260,25 @@ def test_haproxy_accepts_config(label: str, case: str, cfg: str, workdir: Path) 
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{label} rejected {case}:\n{output}"
     assert not _problems(output), f"{label} warns on {case}:\n{output}"
+
+
+def _with_tls_files(cfg: str, workdir: Path) -> str:
+    """backend-tls: HAProxy reads the CA bundle and the client certificate (with its key
+    beside it, as the Secret is mounted) while checking, so the mount paths point at real
+    PEM files here."""
+    ca_dir, client_dir = workdir / "backend-ca", workdir / "backend-client"
+    if not ca_dir.is_dir():
+        ca = trustme.CA()
+        client = ca.issue_cert("web.shop.svc.cluster.local")
+        for directory in (ca_dir, client_dir):
+            directory.mkdir(mode=0o755)
+        ca.cert_pem.write_to_path(str(ca_dir / names.BACKEND_CA_FILE))
+        client_pem = client_dir / names.BACKEND_CLIENT_CERT_FILE
+        client.cert_chain_pems[0].write_to_path(str(client_pem))
+        client.private_key_pem.write_to_path(f"{client_pem}.key")
+    return cfg.replace(names.BACKEND_CA_DIR, str(ca_dir)).replace(
+        names.BACKEND_CLIENT_CERT_DIR, str(client_dir)
+    )
 
 
 @pytest.mark.parametrize("label", daemons.VARNISH_LABELS)

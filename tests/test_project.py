@@ -15,8 +15,8 @@ from webhook.tools import docs
 PACKAGE = ROOT / "webhook"
 # Each engine module and the engine modules it may import (its left). workloads parses
 # manifests for the CLI and sits beside the chain: it may import only errors.
-ENGINE_ORDER = ["names", "memo", "errors", "values", "policy", "options", "selection", "builder",
-                "render", "patch", "inject"]  # fmt: skip
+ENGINE_ORDER = ["names", "memo", "errors", "values", "policy", "backend_tls", "options",
+                "selection", "builder", "render", "patch", "inject"]  # fmt: skip
 ENGINE_SIDE = {"workloads": {"errors"}}
 # Each subpackage and the subpackages it may import. cli.py, at the top, may import any.
 LAYERS = {

@@ -19,7 +19,7 @@ import click
 import jsonpatch
 
 from . import __version__
-from .engine import names
+from .engine import backend_tls, names
 from .engine.errors import CacheInjectorError, InvalidOptions, InvalidPolicy
 from .engine.inject import Outcome, inject_pod
 from .engine.patch import uninject as unpatch
@@ -77,6 +77,7 @@ class Result:
     workload: Workload
     namespace: str
     outcome: Outcome
+    cluster_domain: str = "cluster.local"
 
 
 def evaluate(
@@ -110,7 +111,7 @@ def evaluate(
                 allowed=True,
                 decision=decide(False, "label_on_workload_only", kind=workload.kind),
             )
-        yield Result(workload, where, outcome)
+        yield Result(workload, where, outcome, policy.model.cluster_domain)
 
 
 def evaluate_file(
@@ -347,6 +348,10 @@ def explain_record(path: str, result: Result) -> dict[str, Any]:
             record["options"]["max-object-size"]["value"] += (
                 f" of cache-size {outcome.options.texts['cache_size']} = {limit} bytes"
             )
+        backend = outcome.options.backend
+        if backend is not None:
+            fqdn = backend.fqdn(result.namespace, result.cluster_domain)
+            record["backendTls"] = backend_tls.describe(outcome.options, fqdn)
     return record
 
 
@@ -419,6 +424,8 @@ def explain(
             click.echo(explain_line(record))
             if "images" in record:
                 click.echo(f"    {images_line(record['images'])}")
+            if record.get("backendTls"):
+                click.echo(f"    backend TLS: {record['backendTls']}")
             for warning in record["warnings"]:
                 click.echo(f"    warning: {warning}")
         if not records:

@@ -18,6 +18,12 @@ anything else is a 404. After set_failing(seconds) every other path answers 503 
 after that delay: a broken application whose pods still accept connections.
 Requests are counted per path, with the cookies they carried, and (health checks aside) by
 the address family they arrived on and with their query as received.
+
+A pod given an ssl.SSLContext (`tls=`) speaks HTTPS only, as a Service that terminates TLS
+itself. set_tls() swaps the certificate as a server reload would: new connections get the
+new one, a connection made before answers its request in progress with `Connection: close`.
+TLS handshakes are counted per certificate generation (failed ones under None), with the
+client certificate's common name when the peer sent one (mutual TLS).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import contextlib
 import functools
 import hashlib
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -128,9 +135,42 @@ class _Server(ThreadingHTTPServer):
         self.pod = pod
         self.connections: dict[socket.socket, bool] = {}  # socket -> busy
         self.connections_lock = threading.Lock()
+        self.generations: dict[socket.socket, int] = {}  # TLS socket -> certificate generation
         if ":" in address:
             self.address_family = socket.AF_INET6
         super().__init__((address, pod.port), _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept; with TLS, wrap the socket in the current certificate's context (the
+        handshake runs in the request's thread: a slow peer never blocks accepting)."""
+        sock, address = super().get_request()
+        context, generation = self.pod.tls, self.pod.tls_generation
+        if context is None:
+            return sock, address
+        wrapped = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        with self.connections_lock:
+            self.generations[wrapped] = generation
+        return wrapped, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(10)
+                request.do_handshake()
+                request.settimeout(None)
+            except (OSError, ssl.SSLError):
+                self.pod.count_handshake(None, None)
+                return
+            peer: dict[str, Any] = dict(request.getpeercert() or {})
+            names = [value for rdn in peer.get("subject", ()) for key, value in rdn]
+            fields = [key for rdn in peer.get("subject", ()) for key, value in rdn]
+            common = dict(zip(fields, names, strict=True)).get("commonName")
+            self.pod.count_handshake(self.generations.get(request), common)
+        super().finish_request(request, client_address)
+
+    def generation_of(self, request: Any) -> int | None:
+        with self.connections_lock:
+            return self.generations.get(request)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
@@ -143,6 +183,7 @@ class _Server(ThreadingHTTPServer):
     def shutdown_request(self, request: Any) -> None:
         with self.connections_lock:
             self.connections.pop(request, None)
+            self.generations.pop(request, None)
         super().shutdown_request(request)
 
 
@@ -189,7 +230,8 @@ class _Handler(BaseHTTPRequestHandler):
             if path.startswith("/session/"):
                 headers["Set-Cookie"] = f"session={pod.name}; Path=/"
             body = f"{pod.name} {path}\n".encode()
-            if pod.stopping:
+            generation = self.server.generation_of(self.connection)
+            if pod.stopping or generation not in (None, pod.tls_generation):
                 headers["Connection"] = "close"
                 self.close_connection = True
             self.send_response(status)
@@ -292,9 +334,20 @@ class BackendPod:
     for a dual-stack pod)."""
 
     def __init__(
-        self, netns: Netns, name: str, ip: str, port: int = 8080, *, ip6: str | None = None
+        self,
+        netns: Netns,
+        name: str,
+        ip: str,
+        port: int = 8080,
+        *,
+        ip6: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.netns, self.name, self.ip, self.port, self.ip6 = netns, name, ip, port, ip6
+        self.tls = tls  # HTTPS only, with this context's certificate
+        self.tls_generation = 1
+        self.handshakes: Counter[int | None] = Counter()  # by generation; None: failed
+        self.client_names: Counter[str] = Counter()  # client certificates' common names
         self.healthy = True
         self.failing: float | None = None  # seconds before a 503, once set_failing()
         self.stopping = False
@@ -315,6 +368,17 @@ class BackendPod:
             self.last_request_at = time.monotonic()
             if cookie:
                 self.cookies.append(cookie)
+
+    def count_handshake(self, generation: int | None, client_name: str | None) -> None:
+        with self._lock:
+            self.handshakes[generation] += 1
+            if client_name:
+                self.client_names[client_name] += 1
+
+    def set_tls(self, context: ssl.SSLContext) -> None:
+        """A new certificate: served on every connection from now on."""
+        with self._lock:
+            self.tls, self.tls_generation = context, self.tls_generation + 1
 
     def total(self, prefix: str = "") -> int:
         with self._lock:

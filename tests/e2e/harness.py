@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -170,6 +171,8 @@ class PodEnv:
         label: str = "pod",
         family: str = "ipv4",
         secrets: Mapping[str, Mapping[str, str]] | None = None,
+        config_maps: Mapping[str, Mapping[str, str]] | None = None,
+        backend_tls: ssl.SSLContext | None = None,
         pod_name: str = "web-0",
         memory_limits: bool = False,
     ) -> None:
@@ -192,6 +195,8 @@ class PodEnv:
         self.family = FAMILIES[family]
         self.label = label if family == "ipv4" else f"{label}-{family}"
         self.secrets = dict(secrets or {})  # Secrets of namespace shop: name -> key -> value
+        self.config_maps = dict(config_maps or {})  # ConfigMaps of namespace shop, the same
+        self.backend_tls = backend_tls  # backend pods serve HTTPS only, with this context
         self.pod_name = pod_name
         self.memory_limits = memory_limits  # run containers in memory cgroups of their limit
         self.backends: dict[str, BackendPod] = {}
@@ -255,6 +260,7 @@ class PodEnv:
             daemons=self.programs(),
             workdir=self.workdir,
             secrets=self.secrets,
+            config_maps=self.config_maps,
             memory_limits=self.memory_limits,
         )
         self.client = Client(self.netns, family.pod_ip, LISTEN_PORT)
@@ -318,7 +324,9 @@ class PodEnv:
         for address in (ip, ip6):
             if address:
                 self.netns.add_address(address)
-        backend = BackendPod(self.netns, f"app-{index}", ip, BACKEND_PORT, ip6=ip6)
+        backend = BackendPod(
+            self.netns, f"app-{index}", ip, BACKEND_PORT, ip6=ip6, tls=self.backend_tls
+        )
         backend.start()
         self.backends[backend.name] = backend
         if in_dns:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import names, values
+from . import backend_tls, names, values
 from .errors import ImageOverrideNotAllowed, InvalidAnnotation, PortClash
 from .memo import BoundedMemo
 from .options import Options
@@ -131,6 +131,8 @@ def build_haproxy(options: Options, policy: Policy) -> JsonDict:
                 "readOnly": True,
             },
             {"name": names.VOLUME_HAPROXY_RUN, "mountPath": names.HAPROXY_RUN_DIR},
+            # backend-tls: the CA bundle and client certificate, read-only, HAProxy's only.
+            *backend_tls.mounts(options),
         ],
     }
     if options.drain_seconds and not model.native_sidecars:
@@ -445,6 +447,7 @@ def build_volumes(options: Options) -> list[JsonDict]:
         # Stays empty (mounted read-only: no_api_token). One page, what tmpfs gives anyway;
         # even on disk an empty directory (4096 bytes) would not exceed it.
         {"name": names.VOLUME_NO_API_TOKEN, "emptyDir": {"medium": "Memory", "sizeLimit": "4Ki"}},
+        *backend_tls.volumes(options),
     ]
 
 

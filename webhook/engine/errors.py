@@ -33,6 +33,10 @@ class BackendNamespaceNotAllowed(InvalidAnnotation):
     """A backend Service in a namespace the policy does not let this namespace target."""
 
 
+class InsecureBackendTlsNotAllowed(InvalidAnnotation):
+    """backend-tls: insecure-skip-verify in a namespace the policy does not allow it in."""
+
+
 class ImageOverrideNotAllowed(InvalidAnnotation):
     """A user-declared sidecar image while the policy pins the images."""
 

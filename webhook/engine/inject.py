@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import builder, names
+from . import backend_tls, builder, names
 from .errors import CacheInjectorError, InvalidAnnotation, InvalidOptions
 from .options import Options, resolve_options, unknown_annotation_warnings
 from .patch import Op, build_patch
@@ -195,6 +195,7 @@ def inject_pod(
         memory_warning = builder.memory_limit_warning(varnish, options, policy)
         warnings += [memory_warning] if memory_warning else []
     warnings += _grace_warning(pod, options)
+    warnings += backend_tls.warnings(options)
 
     target = Target(
         namespace,

@@ -54,6 +54,10 @@ VOLUME_VARNISH_TMP = "cache-varnish-tmp"
 # server's ServiceAccount admission plugin (run again after the webhooks) mounts no API token
 # there: it skips a container that already mounts that path (builder.no_api_token).
 VOLUME_NO_API_TOKEN = "cache-no-api-token"
+# Option backend-tls: the CA bundle (a ConfigMap key) and the client certificate (a Secret)
+# cache-haproxy uses towards the backend pods, mounted read-only into it only.
+VOLUME_BACKEND_CA = "cache-backend-ca"
+VOLUME_BACKEND_CLIENT_CERT = "cache-backend-client-cert"
 VOLUMES = (
     VOLUME_HAPROXY_CONFIG,
     VOLUME_HAPROXY_RUN,
@@ -61,6 +65,8 @@ VOLUMES = (
     VOLUME_VARNISH_WORKDIR,
     VOLUME_VARNISH_TMP,
     VOLUME_NO_API_TOKEN,
+    VOLUME_BACKEND_CA,
+    VOLUME_BACKEND_CLIENT_CERT,
 )
 
 PORT_NAME_HTTP = "cache-http"
@@ -93,6 +99,15 @@ HAPROXY_CONFIG_DIR = "/etc/cache-injector/haproxy"
 HAPROXY_CONFIG_FILE = "haproxy.cfg"
 HAPROXY_RUN_DIR = "/var/run/cache-haproxy"
 VARNISH_CONFIG_DIR = "/etc/cache-injector/varnish"
+# Option backend-tls. The client certificate's key goes beside it as client.pem.key: HAProxy
+# (2.2+, ssl-load-extra-files) loads <crt>.key when the crt file holds no key, so a
+# kubernetes.io/tls Secret (tls.crt, tls.key) is mounted as it is, never concatenated.
+BACKEND_CA_DIR = "/etc/cache-injector/backend-tls/ca"
+BACKEND_CA_FILE = "ca.pem"
+BACKEND_CLIENT_CERT_DIR = "/etc/cache-injector/backend-tls/client"
+BACKEND_CLIENT_CERT_FILE = "client.pem"
+BACKEND_CA_DEFAULT_KEY = "ca.crt"  # cert-manager's and trust-manager's key for a CA
+BACKEND_CA_SYSTEM = "system"  # backend-tls-ca: the HAProxy image's CA bundle (@system-ca)
 VARNISH_CONFIG_FILE = "default.vcl"
 VARNISH_WORKDIR = "/var/lib/varnish"
 # Where the ServiceAccount admission plugin mounts the pod's API token.
@@ -203,6 +218,47 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "an absolute HTTP path such as /healthz (letters, digits and -._~/%?=&+,:@ only, "
         "at most 256 characters)",
         "HTTP path HAProxy checks on each backend pod; unset: a TCP connect check.",
+    ),
+    OptionSpec(
+        "backend_tls",
+        "enum:off,on,insecure-skip-verify",
+        "off",
+        "off, on or insecure-skip-verify",
+        "TLS from cache-haproxy to the backend pods, for Services that only speak HTTPS "
+        "(Varnish to HAProxy stays plain HTTP on localhost). on: each pod's certificate must "
+        "chain to backend-tls-ca and name backend-tls-server-name (also sent as SNI); health "
+        "checks use the same TLS. insecure-skip-verify: encrypted but not verified (an "
+        "admission warning); only in namespaces the cluster policy allows "
+        "(namespaces.<ns>.allowInsecureBackendTls).",
+    ),
+    OptionSpec(
+        "backend_tls_ca",
+        "tls_ca",
+        None,
+        "CONFIGMAP[:KEY], a ConfigMap in the pod's namespace and its key holding PEM "
+        "certificates (KEY: letters, digits, '-', '_' and '.'; default ca.crt), such as "
+        "app-ca or app-ca:ca.crt; or system, the HAProxy image's CA bundle",
+        "The CAs backend certificates must chain to, mounted read-only into cache-haproxy "
+        "(read when HAProxy starts). Needed with backend-tls: on. system (HAProxy's "
+        "@system-ca: OpenSSL's default CA directory, which the image must ship) suits "
+        "public CAs only: Service names (*.svc.<clusterDomain>) get private-CA certificates.",
+    ),
+    OptionSpec(
+        "backend_tls_server_name",
+        "dns_name",
+        None,
+        "a DNS name: lowercase letters, digits, '-' and '.', at most 253 characters",
+        "The name sent as SNI and required in each backend pod's certificate (backend-tls: "
+        "on). Unset: the Service FQDN, SERVICE.NAMESPACE.svc.<clusterDomain>.",
+    ),
+    OptionSpec(
+        "backend_tls_client_secret",
+        "dns_subdomain",
+        None,
+        "a Secret name in the pod's namespace (lowercase letters, digits, '-' and '.', at "
+        "most 253 characters) of type kubernetes.io/tls: keys tls.crt and tls.key",
+        "Client certificate cache-haproxy presents to the backend pods (mutual TLS), mounted "
+        "read-only into cache-haproxy only.",
     ),
     OptionSpec(
         "cache_size",

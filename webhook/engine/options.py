@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from . import names, values
+from . import backend_tls, names, values
 from .errors import (
     BackendNamespaceNotAllowed,
     InvalidAnnotation,
@@ -34,6 +34,10 @@ class Options:
     max_backends: int
     ip_family: str
     health_path: str | None
+    backend_tls: str
+    backend_tls_ca: values.TlsCa | None
+    backend_tls_server_name: str | None
+    backend_tls_client_secret: str | None
     cache_size: int
     default_ttl: int
     grace: int
@@ -126,6 +130,7 @@ def _resolve(annotations: Mapping[str, str], namespace: str, policy: Policy) -> 
             )
         )
     problems += _check_backend(parsed, texts, sources, namespace, policy)
+    problems += backend_tls.check(parsed, texts, sources, namespace, policy)
     if problems:
         raise InvalidOptions(problems, parsed)
     return Options(**parsed, sources=sources, texts=texts)  # type: ignore[arg-type]

@@ -141,6 +141,16 @@ NamespacePolicy: type[BaseModel] = create_model(
             'besides their own; "*" allows any.',
         ),
     ),
+    allow_insecure_backend_tls=(
+        StrictBool,
+        Field(
+            default=False,
+            alias="allowInsecureBackendTls",
+            description="May pods of this namespace set backend-tls: insecure-skip-verify "
+            "(TLS to the backend pods without verifying their certificates)? Off: such a pod "
+            "is denied (onInvalid). Only here, per namespace: never in defaults.",
+        ),
+    ),
 )
 
 
@@ -340,6 +350,7 @@ class Policy:
     defaults: dict[str, str]
     namespace_options: dict[str, dict[str, str]]
     allowed_backend_namespaces: dict[str, frozenset[str]]
+    insecure_backend_tls_namespaces: frozenset[str]
     excluded_namespaces: frozenset[str]
     max_cache_size: int
     transient_size: int
@@ -354,6 +365,10 @@ class Policy:
             return True
         allowed = self.allowed_backend_namespaces.get(namespace, frozenset())
         return "*" in allowed or backend_namespace in allowed
+
+    def may_skip_tls_verify(self, namespace: str) -> bool:
+        """May pods of `namespace` use backend-tls: insecure-skip-verify?"""
+        return namespace in self.insecure_backend_tls_namespaces
 
 
 def _format_location(loc: tuple[int | str, ...]) -> str:
@@ -543,6 +558,7 @@ def _check_semantics(model: PolicyModel) -> list[str]:
                     f"{path}.allowedBackendNamespaces.{index}: {json.dumps(allowed)}: "
                     'a namespace name or "*"'
                 )
+    problems += _check_insecure_tls(model)
     # The memory limit rule: a policy limit below what a full default cache needs is an
     # OOM kill waiting to happen.
     limit = model.resources.varnish.limits.memory
@@ -561,6 +577,40 @@ def _check_semantics(model: PolicyModel) -> list[str]:
                 f"{values.format_quantity(needed)} "
                 f"({describe_memory_rule(default_cache, model.transient_size)}), "
                 "or leave it unset to have it computed"
+            )
+    return problems
+
+
+INSECURE_TLS = "insecure-skip-verify"
+
+
+def insecure_tls_refusal(namespace: str | None) -> str:
+    """What is accepted instead of backend-tls: insecure-skip-verify where it is not allowed."""
+    if namespace is None:
+        return (
+            "off or on; skipping verification of backend certificates is allowed per "
+            "namespace only: set it under namespaces.<ns> with allowInsecureBackendTls: true"
+        )
+    return (
+        f"off or on; the cluster policy does not let namespace {namespace} skip verification "
+        f"of backend certificates (set namespaces.{namespace}.allowInsecureBackendTls: true)"
+    )
+
+
+def _check_insecure_tls(model: PolicyModel) -> list[str]:
+    """backend-tls: insecure-skip-verify as a default only where the namespace allows it."""
+    problems: list[str] = []
+    if getattr(model.defaults, "backend_tls") == INSECURE_TLS:  # noqa: B009 (dynamic model)
+        problems.append(
+            f"defaults.backend-tls: {json.dumps(INSECURE_TLS)}: {insecure_tls_refusal(None)}"
+        )
+    for namespace, entry in model.namespaces.items():
+        if getattr(entry, "backend_tls") == INSECURE_TLS and not getattr(  # noqa: B009
+            entry, "allow_insecure_backend_tls"
+        ):
+            problems.append(
+                f"namespaces.{namespace}.backend-tls: {json.dumps(INSECURE_TLS)}: "
+                f"{insecure_tls_refusal(namespace)}"
             )
     return problems
 
@@ -606,6 +656,11 @@ def build_policy(data: Any, source: str = "policy") -> Policy:
         allowed_backend_namespaces={
             ns: frozenset(_allowed(entry)) for ns, entry in model.namespaces.items()
         },
+        insecure_backend_tls_namespaces=frozenset(
+            ns
+            for ns, entry in model.namespaces.items()
+            if getattr(entry, "allow_insecure_backend_tls")  # noqa: B009 (dynamic model)
+        ),
         excluded_namespaces=frozenset(names.SYSTEM_NAMESPACES) | set(model.exclude_namespaces),
         max_cache_size=values.parse_size(model.limits.max_cache_size),
         transient_size=values.parse_size(model.transient_size),

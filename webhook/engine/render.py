@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 
 from .. import __version__
-from . import names, values
+from . import backend_tls, names, values
 from .memo import BoundedMemo
 from .options import Options
 
@@ -109,6 +109,7 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "max_backends": options.max_backends,
         "payload_size": dns_payload_size(options.discovery, options.max_backends),
         "health_path": options.health_path,
+        "backend_tls": backend_tls.server_keywords(options, fqdn),
         "sticky_sessions": options.sticky_sessions,
         "sticky_cookie": names.STICKY_COOKIE,
         "cookie_key": cookie_key(fqdn, target.sticky_secret),

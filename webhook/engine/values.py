@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
+from . import names
+
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
@@ -326,6 +328,49 @@ def query_names_regex(names: tuple[str, ...]) -> str:
     return wildcard_names_regex(names, "=&")
 
 
+# A ConfigMap key, as Kubernetes validates it (IsConfigMapKey).
+CONFIG_MAP_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+
+
+@dataclass(frozen=True)
+class TlsCa:
+    """Where backend-tls-ca takes the CA bundle from: a ConfigMap key, or (config_map None)
+    the HAProxy image's system bundle."""
+
+    config_map: str | None
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.config_map}:{self.key}" if self.config_map else self.key
+
+
+def parse_tls_ca(text: str, system: str, default_key: str) -> TlsCa:
+    """CONFIGMAP[:KEY] or the word `system`; each part's rule is named when it is broken."""
+    if text == system:
+        return TlsCa(None, system)
+    name, sep, key = text.partition(":")
+    if len(name) > 253 or not DNS_SUBDOMAIN.match(name):
+        raise ValueError(
+            "CONFIGMAP[:KEY] where CONFIGMAP is a ConfigMap name (lowercase letters, digits, "
+            f"'-' and '.', at most 253 characters), or {system}"
+        )
+    if sep and (not CONFIG_MAP_KEY.match(key) or key in (".", "..")):
+        raise ValueError(
+            "CONFIGMAP[:KEY] where KEY is a ConfigMap key (letters, digits, '-', '_' and '.', "
+            "at most 253 characters), such as ca.crt"
+        )
+    return TlsCa(name, key if sep else default_key)
+
+
+def parse_dns_name(text: str) -> str:
+    """A host name for SNI and certificate checks: DNS labels, lowercase, no wildcard."""
+    if len(text) > 253 or not DNS_SUBDOMAIN.match(text):
+        raise ValueError("")
+    if any(len(label) > 63 for label in text.split(".")):
+        raise ValueError("")
+    return text
+
+
 def has_transit_buffer(image: str) -> bool:
     """Does this Varnish image know transit_buffer? Not 7.1 and older (Debian 12's): an image
     whose tag names such a version; any other tag (8.0, latest, a digest) is taken to."""
@@ -368,4 +413,8 @@ def parse_option_value(kind: str, text: str, low: int | None, high: int | None) 
         return parse_cookie_names(text)
     if kind == "query_names":
         return parse_query_param_names(text)
+    if kind == "tls_ca":
+        return parse_tls_ca(text, names.BACKEND_CA_SYSTEM, names.BACKEND_CA_DEFAULT_KEY)
+    if kind == "dns_name":
+        return parse_dns_name(text)
     raise AssertionError(f"unknown option kind {kind}")
