@@ -100,6 +100,14 @@ INVALID = [
     pytest.param("ignore-cookies", "a|b", "comma-separated", id="cookies-regex"),
     pytest.param("ignore-cookies", 'a"b', "comma-separated", id="cookies-quote"),
     pytest.param("ignore-cookies", "_g*a", "comma-separated", id="cookies-star-inside"),
+    pytest.param("tag-header", "", "an HTTP header name", id="tag-header-empty"),
+    pytest.param("tag-header", "Surrogate Key", "an HTTP header name", id="tag-header-space"),
+    pytest.param("tag-header", "x_key", "an HTTP header name", id="tag-header-underscore"),
+    pytest.param("tag-header", "Cache-Control", "Cache-Control", id="tag-header-caching"),
+    pytest.param("tag-header", "X-Cache-Url", "X-Cache-*", id="tag-header-ours"),
+    pytest.param("tag-header", "X-Cache", "X-Cache-*", id="tag-header-hit-miss"),
+    pytest.param("tag-header", "a" * 65, "at most 64", id="tag-header-long"),
+    pytest.param("expose-tag-header", "yes", "true or false", id="expose-tags-yes"),
 ]
 
 
@@ -160,6 +168,8 @@ def test_every_invalid_annotation_is_reported_at_once(policy: Policy) -> None:
             ("_ga", "_ga_*", "_gid", "consent.v2"),
             id="cookies",
         ),
+        pytest.param("tag-header", "Surrogate-Key", "tag_header", "Surrogate-Key", id="tags"),
+        pytest.param("expose-tag-header", "true", "expose_tag_header", True, id="expose-tags"),
     ],
 )
 def test_valid_annotation_values(
