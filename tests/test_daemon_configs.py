@@ -317,7 +317,7 @@ def test_rendered_configs_carry_one_comment_line_pointing_at_the_docs() -> None:
     """Explanations are Jinja comments in the templates, not text in every pod object: a
     rendered config has one comment line, its header, and it names the page that explains it."""
     for rendered in CASES:
-        for text in (rendered.vcl, rendered.haproxy_cfg):
+        for text in (rendered.vcl, rendered.haproxy_cfg, rendered.varnish_cli):
             if text is None:
                 continue
             comments = [line for line in text.splitlines() if line.lstrip().startswith("#")]
