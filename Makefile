@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # another); a relative path is relative to the repository. See docs/design.md "Layout".
 SHARED ?= ../shared
 export SHARED
-APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl prometheus-varnish-exporter
+APT_PACKAGES := varnish varnish-modules haproxy iproute2 util-linux procps curl prometheus-varnish-exporter
 
 .PHONY: setup daemons kube cluster cluster-test wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize bench-slots bench-churn clean
 
@@ -18,9 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
 	touch $@
 
-# Debian's haproxy 2.6 / varnish 7.1 from apt when missing, and the newer builds when present.
+# Debian's haproxy 2.6 / varnish 7.1 (with varnish-modules: xkey) from apt when missing, and the
+# newer builds when present.
 daemons:
 	@missing=""; for p in varnishd haproxy ip unshare curl prometheus-varnish-exporter; do command -v $$p >/dev/null || missing=1; done; \
+	dpkg -s varnish-modules >/dev/null 2>&1 || missing=1; \
 	if [ -n "$$missing" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi

@@ -118,6 +118,8 @@ MATRIX: list[tuple[str, dict[str, str], dict[str, object]]] = [
         {P + "backend-tls": "insecure-skip-verify", P + "backend-tls-client-secret": "web-client"},
         {"namespaces": {"shop": {"allowInsecureBackendTls": True}}},
     ),
+    ("tag-header-surrogate", {P + "tag-header": "Surrogate-Key"}, {}),
+    ("tag-header-exposed", {P + "tag-header": "X-Tags", P + "expose-tag-header": "true"}, {}),
     (
         "access-log-sticky",
         {P + "access-log": "true", P + "sticky-sessions": "true", P + "health-path": "/h"},
@@ -142,6 +144,7 @@ class Rendered:
     varnish_args: tuple[str, ...]
     vcl_old: str | None  # for an image tagged 7.1 (no transit_buffer)
     varnish_args_old: tuple[str, ...]
+    varnish_cli: str | None  # the start-up CLI file (-I): its inline VCL imports xkey
 
 
 def _render(case: str, pod: Mapping[str, object], policy: Policy, namespace: str) -> Rendered:
@@ -169,6 +172,7 @@ def _render(case: str, pod: Mapping[str, object], policy: Policy, namespace: str
         tuple(args),
         old_outcome.configs.vcl,
         tuple(varnish_args(outcome.options, old)),
+        outcome.configs.varnish_cli,
     )
 
 
@@ -219,6 +223,7 @@ def _unique(kind: str) -> list[tuple[str, str]]:
                     " ".join(rendered.varnish_args),
                     rendered.vcl_old or "",
                     " ".join(rendered.varnish_args_old),
+                    rendered.varnish_cli or "",
                 )
             )
         else:
@@ -289,7 +294,7 @@ def test_varnishd_accepts_vcl_and_arguments(
     label: str, case: str, vcl_and_args: str, workdir: Path
 ) -> None:
     daemon = daemons.require(label)
-    vcl, args_text, old_vcl, old_args_text = vcl_and_args.split("\0")
+    vcl, args_text, old_vcl, old_args_text, cli = vcl_and_args.split("\0")
     if label == "varnish-7.1":  # as run from an image tagged 7.1
         vcl, args_text = old_vcl, old_args_text
     stem = f"{label}-{hashlib.sha256(vcl_and_args.encode()).hexdigest()[:12]}"
@@ -297,10 +302,38 @@ def test_varnishd_accepts_vcl_and_arguments(
     path.write_text(vcl)
     path.chmod(0o644)
     args = _check_arguments(args_text.split(" "), workdir / stem, path)
-    result = subprocess.run([daemon.path, *args], capture_output=True, text=True, timeout=60)
-    head = result.stderr.split("/* ---===###", 1)[0]  # -C prints the generated C after this
-    assert result.returncode == 0, f"{label} rejected {case}:\n{head}\n{result.stdout[:2000]}"
-    assert not _problems(head), f"{label} warns on {case}:\n{head}"
+    checked = [("the VCL", path)]
+    if cli:
+        # What the start-up CLI file loads first: the VCL behind the inline one that imports
+        # xkey (both images have varnish-modules; without it the VCL alone is loaded).
+        if not _has_xkey(daemon.path):
+            daemons.missing(f"{label} has no xkey VMOD: apt-get install varnish-modules")
+        wrapper = workdir / f"{stem}-xkey.vcl"
+        wrapper.write_text(inline_vcl(cli, path))
+        wrapper.chmod(0o644)
+        checked.append(("the xkey VCL", wrapper))
+    for what, vcl_path in checked:
+        argv = [str(vcl_path) if a == str(path) else a for a in args]
+        result = subprocess.run([daemon.path, *argv], capture_output=True, text=True, timeout=60)
+        head = result.stderr.split("/* ---===###", 1)[0]  # -C prints the generated C after this
+        assert result.returncode == 0, (
+            f"{label} rejected {what} of {case}:\n{head}\n{result.stdout[:2000]}"
+        )
+        assert not _problems(head), f"{label} warns on {what} of {case}:\n{head}"
+
+
+def inline_vcl(cli: str, vcl_path: Path) -> str:
+    """The VCL the start-up CLI file loads inline, including the VCL at `vcl_path`."""
+    match = re.search(r"^-vcl\.inline boot << (\w+)\n(.*?)^\1$", cli, re.M | re.S)
+    assert match, cli
+    mounted = f"{names.VARNISH_CONFIG_DIR}/{names.VARNISH_CONFIG_FILE}"
+    assert f'include "{mounted}";' in match[2]
+    return match[2].replace(f'include "{mounted}";', f'include "{vcl_path}";')
+
+
+def _has_xkey(varnishd: str) -> bool:
+    prefix = Path(varnishd).resolve().parent.parent
+    return any(prefix.glob("lib/**/varnish/vmods/libvmod_xkey.so"))
 
 
 def _check_arguments(args: list[str], workdir: Path, vcl: Path) -> list[str]:
@@ -312,6 +345,9 @@ def _check_arguments(args: list[str], workdir: Path, vcl: Path) -> list[str]:
             skip_next = False
             continue
         if arg == "-F":
+            continue
+        if arg == "-I":  # the start-up CLI file: its VCLs are checked one by one
+            skip_next = True
             continue
         if arg in ("-n", "-f"):
             out += [arg, str(workdir if arg == "-n" else vcl)]
@@ -337,7 +373,7 @@ def test_rendered_configs_carry_one_comment_line_pointing_at_the_docs() -> None:
     """Explanations are Jinja comments in the templates, not text in every pod object: a
     rendered config has one comment line, its header, and it names the page that explains it."""
     for rendered in CASES:
-        for text in (rendered.vcl, rendered.haproxy_cfg):
+        for text in (rendered.vcl, rendered.haproxy_cfg, rendered.varnish_cli):
             if text is None:
                 continue
             comments = [line for line in text.splitlines() if line.lstrip().startswith("#")]

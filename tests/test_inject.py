@@ -346,11 +346,19 @@ def test_configs_reach_the_containers_through_the_downward_api(
     result = injected_pod(make_pod(), policy, templates)
     annotations = result["metadata"]["annotations"]
     volumes = {v["name"]: v for v in result["spec"]["volumes"]}
-    for volume, key in (("cache-haproxy-config", P + "haproxy-cfg"), ("cache-varnish-config",
-                                                                       P + "vcl")):  # fmt: skip
-        (item,) = volumes[volume]["downwardAPI"]["items"]
-        assert item["fieldRef"]["fieldPath"] == f"metadata.annotations['{key}']"
-        assert annotations[key]
+    for volume, files in (
+        ("cache-haproxy-config", {"haproxy.cfg": P + "haproxy-cfg"}),
+        ("cache-varnish-config", {"default.vcl": P + "vcl", "start.cli": P + "varnish-cli"}),
+    ):
+        items = volumes[volume]["downwardAPI"]["items"]
+        assert {i["path"]: i["fieldRef"]["fieldPath"] for i in items} == {
+            path: f"metadata.annotations['{key}']" for path, key in files.items()
+        }
+        assert all(annotations[key] for key in files.values())
+    # varnishd loads the VCL through the start-up CLI file (xkey when the image has it).
+    varnishd = container(result, "cache-varnish")["args"]
+    assert varnishd[varnishd.index("-f") + 1] == ""
+    assert varnishd[varnishd.index("-I") + 1] == "/etc/cache-injector/varnish/start.cli"
     workdir = volumes["cache-varnish-workdir"]["emptyDir"]
     assert workdir == {"medium": "Memory", "sizeLimit": "16Mi"}
     # The shared-memory log must fit in the workdir, or varnishd fails at launch.

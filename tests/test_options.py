@@ -129,6 +129,14 @@ INVALID = [
         id="query-trackers-plus-31",
     ),
     pytest.param("sort-query", "yes", "true or false", id="sort-query-yes"),
+    pytest.param("tag-header", "", "an HTTP header name", id="tag-header-empty"),
+    pytest.param("tag-header", "Surrogate Key", "an HTTP header name", id="tag-header-space"),
+    pytest.param("tag-header", "x_key", "an HTTP header name", id="tag-header-underscore"),
+    pytest.param("tag-header", "Cache-Control", "Cache-Control", id="tag-header-caching"),
+    pytest.param("tag-header", "X-Cache-Url", "X-Cache-*", id="tag-header-ours"),
+    pytest.param("tag-header", "X-Cache", "X-Cache-*", id="tag-header-hit-miss"),
+    pytest.param("tag-header", "a" * 65, "at most 64", id="tag-header-long"),
+    pytest.param("expose-tag-header", "yes", "true or false", id="expose-tags-yes"),
 ]
 
 
@@ -211,6 +219,8 @@ def test_every_invalid_annotation_is_reported_at_once(policy: Policy) -> None:
             id="query-64-in-all",
         ),
         pytest.param("sort-query", "true", "sort_query", True, id="sort-query-on"),
+        pytest.param("tag-header", "Surrogate-Key", "tag_header", "Surrogate-Key", id="tags"),
+        pytest.param("expose-tag-header", "true", "expose_tag_header", True, id="expose-tags"),
     ],
 )
 def test_valid_annotation_values(

@@ -607,6 +607,15 @@ def serve(
 )
 @click.option("--ban", "bans", multiple=True, help="Regex of URLs to ban (repeatable).")
 @click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    help="Purge every object the backend tagged with TAG in the tag-header (repeatable).",
+)
+@click.option(
+    "--soft", is_flag=True, help="With --tag: expire instead of remove (served stale in grace)."
+)
+@click.option(
     "--via",
     type=click.Choice(["proxy", "direct"]),
     default="proxy",
@@ -634,6 +643,8 @@ def purge(
     urls: tuple[str, ...],
     hosts: tuple[str, ...],
     bans: tuple[str, ...],
+    tags: tuple[str, ...],
+    soft: bool,
     via: str,
     token_file: str | None,
     timeout: float,
@@ -641,18 +652,21 @@ def purge(
     concurrency: int,
     output: str,
 ) -> None:
-    """Invalidate URLs in the cache of every injected pod of a workload, one result per pod.
+    """Invalidate URLs or tags in the cache of every injected pod of a workload, one result
+    per pod.
 
     Each pod gets a PURGE per --url and --host (or, without --host, a ban of exactly that URL
-    at every Host) and a BAN per --ban, authenticated by the namespace's token. Exits 1 when
-    any pod failed or was unreachable, and prints how to repeat for those pods.
+    at every Host), a BAN per --ban and one purge of every --tag (the xkey VMOD: it reports
+    the objects purged; a pod whose Varnish image has none is "unsupported"), authenticated by
+    the namespace's token. Exits 1 when any pod failed, was unreachable or cannot purge by
+    tag, and prints how to repeat for the pods that can.
     """
     from .cluster import kube  # noqa: PLC0415 (kubernetes loads slowly)
     from .cluster import purge as purging  # noqa: PLC0415
 
     chosen = [o for o, v in (("--selector", selector), ("--deployment", deployment),
                              ("--service", service)) if v]  # fmt: skip
-    problems = purging.check_inputs(urls, hosts, bans)
+    problems = purging.check_inputs(urls, hosts, bans, tags, soft=soft)
     if len(chosen) != 1:
         problems.append("give exactly one of --selector, --deployment, --service")
     if problems:
@@ -678,7 +692,7 @@ def purge(
         fail(str(err))
     targets, skipped = purging.classify(found, pods)
     send = purging.send_direct if via == "direct" else purging.proxy_sender(cluster, namespace)
-    actions = purging.invalidations(urls, hosts, bans)
+    actions = purging.invalidations(urls, hosts, bans, tags, soft=soft)
     results = (
         purging.fan_out(
             targets,
@@ -692,19 +706,37 @@ def purge(
         + skipped
     )
     bad = [r.pod for r in results if r.result in ("failed", "unreachable")]
+    unsupported = [r.pod for r in results if r.result == "unsupported"]
     if output == "json":
         click.echo(json.dumps({"selector": labels, "pods": purging.as_json(results)}, indent=2))
     else:
         click.echo(purge_table(results))
         counts = {k: sum(r.result == k for r in results) for k in
                   ("ok", "failed", "unreachable", "skipped")}  # fmt: skip
+        if tags:
+            counts["tags not supported"] = len(unsupported)
         click.echo(
             f"{len(results)} pods ({labels}): " + ", ".join(f"{v} {k}" for k, v in counts.items())
         )
+        purged = [r for r in results if r.purged is not None]
+        if purged:
+            click.echo(
+                f"objects purged by tag: {sum(r.purged or 0 for r in purged)} ("
+                + ", ".join(f"{r.pod} {r.purged}" for r in purged)
+                + ")"
+            )
+        if unsupported:
+            click.echo(
+                f"tags not supported in {len(unsupported)} pods ({', '.join(unsupported)}): "
+                "their Varnish image has no xkey VMOD (varnish-modules), so their tagged "
+                "objects stay until they expire; purge those with --url or --ban, or run an "
+                "image with varnish-modules"
+            )
         if bad:
             again = " ".join(f"--pod {p}" for p in bad)
             what = " ".join([*(f"--url {u}" for u in urls), *(f"--host {h}" for h in hosts),
-                             *(f"--ban '{b}'" for b in bans)])  # fmt: skip
+                             *(f"--ban '{b}'" for b in bans), *(f"--tag '{t}'" for t in tags),
+                             *(["--soft"] if soft else [])])  # fmt: skip
             click.echo(
                 f"repeat for those pods: cache-injector purge -n {namespace} -l '{labels}' "
                 f"{again} {what}\n"
@@ -713,7 +745,7 @@ def purge(
             )
     if not results:
         click.echo(f"no pods match {labels} in namespace {namespace}", err=True)
-    sys.exit(1 if bad or not targets else 0)
+    sys.exit(1 if bad or unsupported or not targets else 0)
 
 
 def purge_table(results: Any) -> str:

@@ -273,3 +273,83 @@ def test_direct_mode_posts_to_pod_ips(tmp_path: Path) -> None:
     assert len(seen) == 2
     assert all(path == "/.cache/ban" and h["X-Cache-Token"] == TOKEN for path, h in seen)
     assert not [c for c in api.calls if "/proxy/" in c[1]], "direct mode never uses the proxy"
+
+
+def tag_caches(counts: Mapping[str, int | None]) -> Any:
+    """A pod proxy whose pods answer a tag purge as the generated VCL does: 200 and
+    `purged N` with the xkey VMOD, 501 without it (None)."""
+
+    def handle(
+        namespace: str, name: str, port: int, method: str, path: str, headers: Mapping[str, str]
+    ) -> tuple[int, str, bytes]:
+        count = counts.get(name, 0)
+        if path != "/.cache/xkey":
+            return 200, "Banned", b""
+        if count is None:
+            return 501, "Tags not supported: no xkey VMOD in this Varnish image", b"<html>"
+        return 200, "Purged", f"purged {count}\n".encode()
+
+    return handle
+
+
+def test_tag_purge_reports_objects_per_pod(api: FakeApiServer, tmp_path: Path) -> None:
+    api.proxy = tag_caches({"web-0": 10, "web-1": 7, "web-2": 0})
+    result = run(api, tmp_path, "-l", "app=web", "--tag", "product-42", "--tag", "cat-7")
+    assert result.exit_code == 0, result.output
+    assert sorted(p["pod"] for p in api.proxied) == ["web-0", "web-1", "web-2"]
+    for request in api.proxied:  # one request per pod for every tag, with the token
+        assert (request["method"], request["path"]) == ("POST", "/.cache/xkey")
+        assert request["headers"]["X-Cache-Purge-Tag"] == "product-42 cat-7"
+        assert "X-Cache-Purge-Soft" not in request["headers"]
+        assert request["headers"]["X-Cache-Token"] == TOKEN
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:6]}
+    assert "purge tags product-42 cat-7: 10 objects" in lines["web-0"]
+    assert "0 tags not supported" in result.stdout
+    assert "objects purged by tag: 17 (web-0 10, web-1 7, web-2 0)" in result.stdout
+    as_json = run(api, tmp_path, "-l", "app=web", "--tag", "product-42", "--soft", "-o", "json")
+    assert as_json.exit_code == 0, as_json.output
+    assert {p: r["purged"] for p, r in records(as_json).items()} == {
+        "web-0": 10,
+        "web-1": 7,
+        "web-2": 0,
+        "web-pending": None,
+        "web-plain": None,
+    }
+    assert {p["headers"].get("X-Cache-Purge-Soft") for p in api.proxied[3:]} == {"true"}
+
+
+def test_pod_without_xkey_is_reported_not_counted_as_purged(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    api.proxy = tag_caches({"web-0": 3, "web-1": None, "web-2": 3})
+    result = run(api, tmp_path, "-l", "app=web", "--url", "/a", "--tag", "t", "-o", "json")
+    assert result.exit_code == 1, "a pod that kept its tagged objects is no success"
+    found = records(result)
+    assert found["web-1"]["result"] == "unsupported"
+    assert found["web-1"]["attempts"] == 2, "the URL, then the tags once: 501 is not retried"
+    assert "ban ^/a$" in found["web-1"]["detail"], "what it did do is reported"
+    assert "tags not supported" in found["web-1"]["detail"]
+    assert found["web-1"]["purged"] is None
+    assert (found["web-0"]["result"], found["web-0"]["purged"]) == ("ok", 3)
+    table = run(api, tmp_path, "-l", "app=web", "--tag", "t")
+    assert "1 tags not supported" in table.stdout
+    assert "tags not supported in 1 pods (web-1)" in table.stdout
+    assert "repeat for those pods" not in table.stdout, "repeating cannot help there"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tag", "a b"], "--tag: a b is invalid"),
+        (["--tag", "a,b"], "--tag: a,b is invalid"),
+        (["--tag", ""], "--tag:  is invalid"),
+        (["--url", "/a", "--soft"], "--soft: only with --tag"),
+        (["--tag", "a", "--host", "x.example"], "--host: only with --url or --ban"),
+    ],
+)
+def test_bad_tag_input_names_the_option(
+    api: FakeApiServer, tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = run(api, tmp_path, "-l", "app=web", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not api.proxied

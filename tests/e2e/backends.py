@@ -7,6 +7,9 @@ path prefix decides its caching headers:
 - `/plain/...`   no caching headers (Varnish's default TTL applies)
 - `/nocache/...` `Cache-Control: no-store` (every request goes to a backend pod)
 - `/session/...` no caching headers, but `Set-Cookie: session=<pod>` (the app's own cookie)
+- `/tagged/<tags>/...`  `public, max-age=300` and the comma-separated <tags>, space-separated,
+                 in the pod's `tag_header` (xkey, or Surrogate-Key as Fastly-style apps send
+                 it); the body ends with how many times this path was fetched (fresh or stale)
 - `/healthz`     200, or 503 after set_healthy(False)
 - `/big/<bytes>/<framing>/<name>`  a cacheable (`public, max-age=300`) body of <bytes> that
                  big_body() can recompute, with Content-Length (framing `length`) or chunked
@@ -51,6 +54,7 @@ CACHE_CONTROL = {
     "/plain/": None,
     "/nocache/": "no-store",
     "/session/": None,
+    "/tagged/": "public, max-age=300",
 }
 
 
@@ -230,6 +234,9 @@ class _Handler(BaseHTTPRequestHandler):
             if path.startswith("/session/"):
                 headers["Set-Cookie"] = f"session={pod.name}; Path=/"
             body = f"{pod.name} {path}\n".encode()
+            if path.startswith("/tagged/") and status == 200:
+                headers[pod.tag_header] = path.split("/")[2].replace(",", " ")
+                body = f"{pod.name} {path} {pod.requests[path]}\n".encode()
             generation = self.server.generation_of(self.connection)
             if pod.stopping or generation not in (None, pod.tls_generation):
                 headers["Connection"] = "close"
@@ -349,6 +356,7 @@ class BackendPod:
         self.handshakes: Counter[int | None] = Counter()  # by generation; None: failed
         self.client_names: Counter[str] = Counter()  # client certificates' common names
         self.healthy = True
+        self.tag_header = "xkey"  # the header /tagged/ responses carry their tags in
         self.failing: float | None = None  # seconds before a 503, once set_failing()
         self.stopping = False
         self._lock = threading.Lock()

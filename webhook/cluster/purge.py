@@ -1,8 +1,10 @@
 """`cache-injector purge`: invalidate URLs in every injected pod of a workload, per-pod results.
 
 Owns: finding the pods (selector, Deployment or Service), what each pod is sent (a PURGE per
-URL and Host, or a BAN by URL regex), fanning out with bounded concurrency, a per-attempt
-timeout and retries, and one result per pod: ok, failed (with why), unreachable, skipped.
+URL and Host, a BAN by URL regex, a purge by tag), fanning out with bounded concurrency, a
+per-attempt timeout and retries, and one result per pod: ok (with the objects a tag purge
+removed), failed (with why), unreachable, unsupported (tags, where the pod's Varnish image has
+no xkey VMOD), skipped.
 Pods are reached directly (pod IP, from inside the cluster network) or through the API
 server's pod proxy (from anywhere kubectl works), always with the token of the namespace's
 Secret, never by address.
@@ -26,7 +28,10 @@ from ..engine.patch import read_status
 from . import kube
 
 RETRY_PAUSE = 0.25  # seconds before the 2nd attempt; doubled for each later one
-PERMANENT = frozenset({400, 401, 403, 404, 405})  # the same request gets the same answer
+PERMANENT = frozenset({400, 401, 403, 404, 405, 501})  # the same request, the same answer
+TAGS_NOT_SUPPORTED = 501  # what the generated VCL answers a tag purge without xkey
+_PURGED = re.compile(r"^purged (\d+)$", re.M)  # the xkey VCL's body: the objects purged
+MAX_TAG_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -39,20 +44,28 @@ class Target:
 
 @dataclass(frozen=True)
 class Invalidation:
-    """One request to a pod: PURGE of url at host, or BAN of the URLs matching regex."""
+    """One request to a pod: PURGE of url at host, BAN of the URLs matching regex, or a purge
+    of every object carrying one of tags (soft: expired, still served within grace)."""
 
-    kind: str  # "purge" or "ban"
+    kind: str  # "purge", "ban" or "tag"
     url: str = ""
     host: str = ""
     regex: str = ""
+    tags: tuple[str, ...] = ()
+    soft: bool = False
 
     @property
     def path(self) -> str:
-        return names.PURGE_PATH if self.kind == "purge" else names.BAN_PATH
+        return {"purge": names.PURGE_PATH, "tag": names.TAG_PATH}.get(self.kind, names.BAN_PATH)
 
     def headers(self) -> dict[str, str]:
         if self.kind == "purge":
             return {"X-Cache-Purge-Url": self.url, "X-Cache-Purge-Host": self.host}
+        if self.kind == "tag":
+            found = {names.TAG_PURGE_HEADER: " ".join(self.tags)}
+            if self.soft:
+                found[names.TAG_SOFT_HEADER] = "true"
+            return found
         found = {"X-Cache-Ban-Url": self.regex}
         if self.host:
             found["X-Cache-Ban-Host"] = self.host
@@ -61,6 +74,8 @@ class Invalidation:
     def __str__(self) -> str:
         if self.kind == "purge":
             return f"purge {self.host}{self.url}"
+        if self.kind == "tag":
+            return ("soft purge" if self.soft else "purge") + " tags " + " ".join(self.tags)
         return f"ban {self.regex}" + (f" at {self.host}" if self.host else "")
 
 
@@ -68,11 +83,12 @@ class Invalidation:
 class PodResult:
     pod: str
     ip: str
-    result: str  # ok, failed, unreachable, skipped
+    result: str  # ok, failed, unreachable, unsupported, skipped
     detail: str
     attempts: int = 0
     seconds: float = 0.0
     done: list[str] = field(default_factory=list)
+    purged: int | None = None  # objects a tag purge removed (None: no tag purge answered)
 
 
 class Unreachable(Exception):
@@ -80,16 +96,25 @@ class Unreachable(Exception):
 
 
 class Sender(Protocol):
+    """(status, reason, the start of the body) of one request to one pod."""
+
     def __call__(
         self, target: Target, action: Invalidation, token: str, timeout: float
-    ) -> tuple[int, str]: ...
+    ) -> tuple[int, str, str]: ...
 
 
 def invalidations(
-    urls: Sequence[str], hosts: Sequence[str], bans: Sequence[str]
+    urls: Sequence[str],
+    hosts: Sequence[str],
+    bans: Sequence[str],
+    tags: Sequence[str] = (),
+    *,
+    soft: bool = False,
 ) -> list[Invalidation]:
     """A PURGE per URL and Host; without --host a URL becomes a ban of exactly that URL at
-    every Host (the cache key is URL + Host, and the Hosts clients used are not known)."""
+    every Host (the cache key is URL + Host, and the Hosts clients used are not known). All
+    tags go in one request, last: one xkey call per pod, and a pod that cannot purge by tag
+    has done the rest."""
     found: list[Invalidation] = []
     for url in urls:
         if hosts:
@@ -99,10 +124,19 @@ def invalidations(
     found += [
         Invalidation("ban", regex=regex, host=host) for regex in bans for host in hosts or [""]
     ]
+    if tags:
+        found.append(Invalidation("tag", tags=tuple(dict.fromkeys(tags)), soft=soft))
     return found
 
 
-def check_inputs(urls: Sequence[str], hosts: Sequence[str], bans: Sequence[str]) -> list[str]:
+def check_inputs(
+    urls: Sequence[str],
+    hosts: Sequence[str],
+    bans: Sequence[str],
+    tags: Sequence[str] = (),
+    *,
+    soft: bool = False,
+) -> list[str]:
     """What is wrong with the command's inputs, each naming the option and what it accepts."""
     problems = []
     for url in urls:
@@ -118,8 +152,19 @@ def check_inputs(urls: Sequence[str], hosts: Sequence[str], bans: Sequence[str])
             problems.append(f"--ban: {regex} is invalid: a regular expression ({err})")
         if '"' in regex or any(c.isspace() for c in regex):
             problems.append(f"--ban: {regex} is invalid: no quotes or spaces (use \\s, \\x22)")
-    if not urls and not bans:
-        problems.append("nothing to invalidate: give --url PATH or --ban REGEX")
+    for tag in tags:
+        if not re.fullmatch(rf"[!-~]{{1,{MAX_TAG_LENGTH}}}", tag) or "," in tag:
+            problems.append(
+                f"--tag: {tag} is invalid: a tag as the backend sends it in the tag header "
+                f"(printable ASCII without spaces or commas, at most {MAX_TAG_LENGTH} "
+                "characters; repeat --tag for several)"
+            )
+    if soft and not tags:
+        problems.append("--soft: only with --tag (a soft purge is by tag)")
+    if hosts and not urls and not bans:
+        problems.append("--host: only with --url or --ban (tags name objects at every Host)")
+    if not urls and not bans and not tags:
+        problems.append("nothing to invalidate: give --url PATH, --ban REGEX or --tag TAG")
     return problems
 
 
@@ -189,13 +234,17 @@ def purge_one(
                 sleep(RETRY_PAUSE * 2 ** (attempt - 1))
             result.attempts += 1
             try:
-                status, text = send(target, action, token, timeout)
+                status, text, body = send(target, action, token, timeout)
             except Unreachable as err:
                 result.result, result.detail = "unreachable", f"{action}: {err}"
                 continue
             if 200 <= status < 300:
                 result.result, result.detail = "ok", ""
-                result.done.append(str(action))
+                result.done.append(_done(action, body, result))
+                break
+            if action.kind == "tag" and status == TAGS_NOT_SUPPORTED:
+                result.result = "unsupported"
+                result.detail = f"{action}: tags not supported ({status} {text or body})".strip()
                 break
             result.result, result.detail = "failed", f"{action}: {status} {text}".strip()
             if status in PERMANENT:
@@ -204,8 +253,21 @@ def purge_one(
             break
     if result.result == "ok":
         result.detail = "; ".join(result.done)
+    elif result.done:
+        result.detail = "; ".join([*result.done, result.detail])
     result.seconds = round(time.monotonic() - began, 3)
     return result
+
+
+def _done(action: Invalidation, body: str, result: PodResult) -> str:
+    """What one action did; a tag purge adds its count of objects to the pod's."""
+    if action.kind != "tag":
+        return str(action)
+    found = _PURGED.search(body)
+    if not found:  # a VCL of the user's own (vcl-configmap) may answer without one
+        return f"{action}: done (no count in the answer)"
+    result.purged = (result.purged or 0) + int(found[1])
+    return f"{action}: {found[1]} objects"
 
 
 def fan_out(
@@ -237,17 +299,20 @@ def _reason(text: str) -> str:
     return text.strip().splitlines()[0][:160] if text.strip() else ""
 
 
+BODY_BYTES = 4096  # of an answer: enough for a count or an error page's first line
+
+
 def send_direct(
     target: Target, action: Invalidation, token: str, timeout: float
-) -> tuple[int, str]:
+) -> tuple[int, str, str]:
     """POST to the pod IP: from inside the cluster network (a Job, a pod, a VPN)."""
     connection = http.client.HTTPConnection(target.ip, target.port, timeout=timeout)
     headers = {names.PURGE_TOKEN_HEADER: token, "Connection": "close", **action.headers()}
     try:
         connection.request("POST", action.path, headers=headers)
         response = connection.getresponse()
-        response.read()
-        return response.status, response.reason
+        body = response.read(BODY_BYTES).decode(errors="replace")
+        return response.status, response.reason, body
     except (OSError, http.client.HTTPException) as err:
         raise Unreachable(f"{type(err).__name__}: {err}") from None
     finally:
@@ -256,9 +321,12 @@ def send_direct(
 
 def proxy_sender(cluster: kube.Cluster, namespace: str) -> Sender:
     """POST through the API server's pod proxy (pods/proxy create): from wherever kubectl
-    works. The proxy passes the pod's status through; an error of its own is a Status."""
+    works. The proxy passes the pod's status and body through (not its reason phrase); an
+    error of its own is a Status."""
 
-    def send(target: Target, action: Invalidation, token: str, timeout: float) -> tuple[int, str]:
+    def send(
+        target: Target, action: Invalidation, token: str, timeout: float
+    ) -> tuple[int, str, str]:
         headers = {names.PURGE_TOKEN_HEADER: token, **action.headers()}
         try:
             response: Any = cluster.core.connect_post_namespaced_pod_proxy_with_path(
@@ -269,14 +337,19 @@ def proxy_sender(cluster: kube.Cluster, namespace: str) -> Sender:
                 _preload_content=False,
                 _request_timeout=timeout,
             )
-            return int(response.status), str(response.reason or "")
+            try:
+                body = response.read(BODY_BYTES).decode(errors="replace")
+            finally:
+                response.release_conn()
+            return int(response.status), str(response.reason or ""), body
         except ApiException as err:
             if kube.is_status(err):
                 text = kube.describe(err, "API server")
                 if err.status in (502, 503, 504):  # the proxy could not reach the pod
                     raise Unreachable(text) from None
-                return int(err.status or 0), text
-            return int(err.status or 0), str(err.reason or _reason(str(err.body or "")))
+                return int(err.status or 0), text, ""
+            body = str(err.body or "")
+            return int(err.status or 0), str(err.reason or _reason(body)), body
         except Exception as err:  # urllib3 timeouts and connection errors
             raise Unreachable(f"{type(err).__name__}: {err}") from None
 

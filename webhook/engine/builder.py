@@ -180,12 +180,21 @@ def varnish_args(options: Options, policy: Policy) -> list[str]:
     """varnishd's arguments: storage sizes and the parameters our measurements call for."""
     cache_mib = max(1, options.cache_size // values.MIB)
     transient_mib = max(1, policy.transient_size // values.MIB)
+    config = f"{names.VARNISH_CONFIG_DIR}/{names.VARNISH_CONFIG_FILE}"
+    # The generated VCL is loaded by the start-up CLI file, with tag invalidation when the
+    # image has the xkey VMOD and without it otherwise (xkey.cli.j2): an image without
+    # varnish-modules still runs, no shell or vmod directory guessed. -f '' loads no VCL
+    # itself. A user's own VCL (vcl-configmap) is loaded as before.
+    load = (
+        ["-f", config]
+        if options.vcl_configmap
+        else ["-f", "", "-I", f"{names.VARNISH_CONFIG_DIR}/{names.VARNISH_CLI_FILE}"]
+    )
     args = [
         "-F",
         "-n",
         names.VARNISH_WORKDIR,
-        "-f",
-        f"{names.VARNISH_CONFIG_DIR}/{names.VARNISH_CONFIG_FILE}",
+        *load,
         # No address: varnishd binds every address getaddrinfo gives for the wildcard,
         # 0.0.0.0 and [::] (v6only), so cache-http answers on the pod's IPv4 and IPv6
         # addresses; where the kernel has no IPv6 (EAFNOSUPPORT) it skips [::] (7.1 and 8.0).
@@ -422,7 +431,10 @@ def build_volumes(options: Options) -> list[JsonDict]:
         varnish_config = {
             "name": names.VOLUME_VARNISH_CONFIG,
             "downwardAPI": {
-                "items": [from_annotation(names.ANNOTATION_VCL, names.VARNISH_CONFIG_FILE)]
+                "items": [
+                    from_annotation(names.ANNOTATION_VCL, names.VARNISH_CONFIG_FILE),
+                    from_annotation(names.ANNOTATION_VARNISH_CLI, names.VARNISH_CLI_FILE),
+                ]
             },
         }
     return [

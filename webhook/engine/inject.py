@@ -207,6 +207,8 @@ def inject_pod(
     written = {names.ANNOTATION_HAPROXY_CFG: configs.haproxy_cfg}
     if configs.vcl is not None:
         written[names.ANNOTATION_VCL] = configs.vcl
+    if configs.varnish_cli is not None:
+        written[names.ANNOTATION_VARNISH_CLI] = configs.varnish_cli
     written.update(_scrape_annotations(pod, options, policy))
     patch = build_patch(
         pod,

@@ -23,7 +23,12 @@ DEFAULT_REVISION = "default"
 ANNOTATION_STATUS = PREFIX + "status"
 ANNOTATION_VCL = PREFIX + "vcl"
 ANNOTATION_HAPROXY_CFG = PREFIX + "haproxy-cfg"
-WRITTEN_ANNOTATIONS = frozenset({ANNOTATION_STATUS, ANNOTATION_VCL, ANNOTATION_HAPROXY_CFG})
+# varnishd's start-up CLI file (-I): loads the VCL with tag invalidation (xkey) when the image
+# has the VMOD, else the generated VCL alone (builder.varnish_args says why).
+ANNOTATION_VARNISH_CLI = PREFIX + "varnish-cli"
+WRITTEN_ANNOTATIONS = frozenset(
+    {ANNOTATION_STATUS, ANNOTATION_VCL, ANNOTATION_HAPROXY_CFG, ANNOTATION_VARNISH_CLI}
+)
 
 # Merged (never overwritten) so the cluster autoscaler may still evict injected pods.
 ANNOTATION_SAFE_TO_EVICT_LOCAL_VOLUMES = (
@@ -109,6 +114,7 @@ BACKEND_CLIENT_CERT_FILE = "client.pem"
 BACKEND_CA_DEFAULT_KEY = "ca.crt"  # cert-manager's and trust-manager's key for a CA
 BACKEND_CA_SYSTEM = "system"  # backend-tls-ca: the HAProxy image's CA bundle (@system-ca)
 VARNISH_CONFIG_FILE = "default.vcl"
+VARNISH_CLI_FILE = "start.cli"
 VARNISH_WORKDIR = "/var/lib/varnish"
 # Where the ServiceAccount admission plugin mounts the pod's API token.
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -146,6 +152,15 @@ PURGE_TOKEN_HEADER = "X-Cache-Token"
 PURGE_PATH = "/.cache/purge"
 BAN_PATH = "/.cache/ban"
 PURGE_TOKEN_MIN_LENGTH = 16
+# Invalidation by tag (surrogate key): POST here with the tags, space-separated, in
+# TAG_PURGE_HEADER (and TAG_SOFT_HEADER: true for a soft purge). Answered with the count of
+# objects purged (TAG_COUNT_HEADER and the body), or 501 where the image has no xkey VMOD.
+TAG_PATH = "/.cache/xkey"
+TAG_PURGE_HEADER = "X-Cache-Purge-Tag"
+TAG_SOFT_HEADER = "X-Cache-Purge-Soft"
+TAG_COUNT_HEADER = "X-Cache-Purged"
+# The response header the xkey VMOD reads an object's tags from.
+XKEY_HEADER = "xkey"
 
 # Namespaces never injected, whatever the policy says.
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
@@ -391,6 +406,28 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "true or false",
         "true: container cache-varnish-exporter serves Varnish's counters in Prometheus "
         "format (prometheus_varnish_exporter's names) on port cache-vmetrics (9131).",
+    ),
+)
+
+OPTIONS += (
+    OptionSpec(
+        "tag_header",
+        "header_name",
+        "xkey",
+        "an HTTP header name (letters, digits and '-', at most 64 characters) such as xkey or "
+        "Surrogate-Key; not one Varnish or HTTP caching relies on (Cache-Control, Vary...) "
+        "nor X-Cache-*",
+        "Response header carrying the tags (surrogate keys) of an object, space- or "
+        "comma-separated, for `cache-injector purge --tag` (xkey VMOD; a pod whose Varnish "
+        "image has none answers that purge 501 and is reported as tags not supported).",
+    ),
+    OptionSpec(
+        "expose_tag_header",
+        "bool",
+        "false",
+        "true or false",
+        "true: clients receive the tag-header as the backend sent it; false: it is removed "
+        "from responses (it is kept with the stored object).",
     ),
 )
 

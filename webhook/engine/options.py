@@ -52,6 +52,8 @@ class Options:
     vcl_configmap: str | None
     access_log: bool
     metrics: bool
+    tag_header: str
+    expose_tag_header: bool
     sources: Mapping[str, Source] = field(compare=False, hash=False, repr=False)
     # The raw strings as resolved, for `explain` and messages.
     texts: Mapping[str, str | None] = field(compare=False, hash=False, repr=False)

@@ -22,6 +22,7 @@ from .options import Options
 
 TEMPLATE_VCL = "default.vcl.j2"
 TEMPLATE_HAPROXY = "haproxy.cfg.j2"
+TEMPLATE_VARNISH_CLI = "xkey.cli.j2"
 
 
 def templates_dir() -> Path:
@@ -38,10 +39,11 @@ class Templates:
 
     vcl: jinja2.Template
     haproxy_cfg: jinja2.Template
+    varnish_cli: jinja2.Template
 
 
 def load_templates(directory: Path | None = None) -> Templates:
-    """Compile both templates now, so a broken one fails start-up, not a review."""
+    """Compile the templates now, so a broken one fails start-up, not a review."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(directory or templates_dir())),
         undefined=jinja2.StrictUndefined,
@@ -52,6 +54,7 @@ def load_templates(directory: Path | None = None) -> Templates:
     return Templates(
         vcl=environment.get_template(TEMPLATE_VCL),
         haproxy_cfg=environment.get_template(TEMPLATE_HAPROXY),
+        varnish_cli=environment.get_template(TEMPLATE_VARNISH_CLI),
     )
 
 
@@ -69,10 +72,13 @@ class Target:
 class RenderedConfigs:
     vcl: str | None  # None when a vcl-configmap replaces the generated VCL
     haproxy_cfg: str
+    varnish_cli: str | None = None  # with vcl: varnishd's -I file (xkey.cli.j2)
 
     @functools.cached_property
     def digest(self) -> str:
         text = (self.vcl or "") + "\0" + self.haproxy_cfg
+        if self.varnish_cli is not None:
+            text += "\0" + self.varnish_cli
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -150,6 +156,15 @@ def _template_values(options: Options, target: Target) -> dict[str, object]:
         "token_header": names.PURGE_TOKEN_HEADER,
         "purge_path": names.PURGE_PATH,
         "ban_path": names.BAN_PATH,
+        "tag_path": names.TAG_PATH,
+        "tag_purge_header": names.TAG_PURGE_HEADER,
+        "tag_soft_header": names.TAG_SOFT_HEADER,
+        "count_header": names.TAG_COUNT_HEADER,
+        "xkey_header": names.XKEY_HEADER,
+        "tag_header": options.tag_header,
+        "expose_tag_header": options.expose_tag_header,
+        "cli_file": f"{names.VARNISH_CONFIG_DIR}/{names.VARNISH_CLI_FILE}",
+        "vcl_file": f"{names.VARNISH_CONFIG_DIR}/{names.VARNISH_CONFIG_FILE}",
     }
 
 
@@ -157,13 +172,18 @@ _RENDERED: BoundedMemo[tuple[Options, Target, Templates], RenderedConfigs] = Bou
 
 
 def render_configs(options: Options, target: Target, templates: Templates) -> RenderedConfigs:
-    """Both configs for one pod. Pure and memoized: pods of one workload render once."""
+    """Every config for one pod. Pure and memoized: pods of one workload render once."""
     key = (options, target, templates)
     rendered = _RENDERED.get(key)
     if rendered is None:
         context = _template_values(options, target)
-        vcl = None if options.vcl_configmap else templates.vcl.render(context)
+        vcl = cli = None
+        if not options.vcl_configmap:
+            vcl, cli = templates.vcl.render(context), templates.varnish_cli.render(context)
         rendered = _RENDERED.put(
-            key, RenderedConfigs(vcl=vcl, haproxy_cfg=templates.haproxy_cfg.render(context))
+            key,
+            RenderedConfigs(
+                vcl=vcl, haproxy_cfg=templates.haproxy_cfg.render(context), varnish_cli=cli
+            ),
         )
     return rendered

@@ -371,6 +371,45 @@ def parse_dns_name(text: str) -> str:
     return text
 
 
+_HEADER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
+# Headers a tag header must not be: the generated VCL removes the tag header from responses
+# (and copies it to xkey), which would break caching, framing or our own markers.
+RESERVED_HEADERS = frozenset(
+    {
+        "age",
+        "cache-control",
+        "connection",
+        "content-encoding",
+        "content-length",
+        "content-type",
+        "date",
+        "etag",
+        "expires",
+        "host",
+        "last-modified",
+        "location",
+        "set-cookie",
+        "transfer-encoding",
+        "vary",
+        "via",
+        "x-cache",
+    }
+)
+
+
+def parse_header_name(text: str) -> str:
+    """An HTTP header name safe to write into VCL as resp.http.NAME (no quoting possible)."""
+    lowered = text.lower()
+    if (
+        not _HEADER_NAME.match(text)
+        or lowered in RESERVED_HEADERS
+        or lowered.startswith("x-cache-")
+        or text.endswith("-")
+    ):
+        raise ValueError("")
+    return text
+
+
 def has_transit_buffer(image: str) -> bool:
     """Does this Varnish image know transit_buffer? Not 7.1 and older (Debian 12's): an image
     whose tag names such a version; any other tag (8.0, latest, a digest) is taken to."""
@@ -417,4 +456,6 @@ def parse_option_value(kind: str, text: str, low: int | None, high: int | None) 
         return parse_tls_ca(text, names.BACKEND_CA_SYSTEM, names.BACKEND_CA_DEFAULT_KEY)
     if kind == "dns_name":
         return parse_dns_name(text)
+    if kind == "header_name":
+        return parse_header_name(text)
     raise AssertionError(f"unknown option kind {kind}")

@@ -53,6 +53,9 @@ def annotations_md() -> str:
         "stale pod. Its presence makes re-injection a no-op. |",
         f"| `{names.ANNOTATION_VCL}` | The rendered VCL, mounted into `{names.CONTAINER_VARNISH}` "
         "by a downwardAPI volume (absent with `vcl-configmap`). |",
+        f"| `{names.ANNOTATION_VARNISH_CLI}` | varnishd's start-up CLI file (`-I`): loads the VCL "
+        "behind one that imports the xkey VMOD (tag invalidation) when the image has it, else "
+        "the VCL alone (absent with `vcl-configmap`). |",
         f"| `{names.ANNOTATION_HAPROXY_CFG}` | The rendered haproxy.cfg, mounted into "
         f"`{names.CONTAINER_HAPROXY}` by a downwardAPI volume. |",
         f"| `{names.ANNOTATION_SAFE_TO_EVICT_LOCAL_VOLUMES}` | Our emptyDir volumes, merged into "

@@ -67,8 +67,11 @@ sub vcl_recv {
     if (req.url == "/.cache/ready") {
         return (synth(200, "Ready"));
     }
-    if (req.method == "PURGE" || req.method == "BAN" || req.url ~ "^/\.cache/(purge|ban)") {
+    if (req.method == "PURGE" || req.method == "BAN" || req.url ~ "^/\.cache/(purge|ban|xkey)") {
         call cache_injector_invalidation_allowed;
+        if (req.url ~ "^/.cache/xkey(\?|$)") {
+            return (synth(501, "Tags not supported: no xkey VMOD in this Varnish image"));
+        }
         if (req.method == "BAN" || (req.method == "POST" && req.url ~ "^/.cache/ban(\?|$)")) {
             call cache_injector_ban;
         }
@@ -83,7 +86,7 @@ sub vcl_recv {
         if (req.method == "PURGE") {
             return (purge);
         }
-        return (synth(405, "Use PURGE, BAN, POST /.cache/purge or POST /.cache/ban"));
+        return (synth(405, "Use PURGE, BAN, POST /.cache/purge, /.cache/ban or /.cache/xkey"));
     }
     if (req.http.Upgrade && req.http.Upgrade !~ "(?i)^h2c$") {
         return (pipe);
@@ -155,6 +158,7 @@ sub vcl_deliver {
     }
     unset resp.http.X-Cache-Url;
     unset resp.http.X-Cache-Host;
+    unset resp.http.xkey;
     if (obj.hits > 0) {
         set resp.http.X-Cache = "HIT";
     } else {
