@@ -41,6 +41,7 @@ from bench.churn.__main__ import (
     CONNECTIONS,
     MIB,
     Sample,
+    rps,
     sample,
     sample_line,
     start_pod,
@@ -112,10 +113,6 @@ def interrupt(process: subprocess.Popen[bytes]) -> None:
             stop_group(process)
 
 
-def rate_of(figures: dict[str, Any]) -> float:
-    return float(figures["requests"]) / (float(figures["duration_us"]) / 1e6)
-
-
 def paced(env: PodEnv, rate: int, tag: str, scratch: Path) -> dict[str, float]:
     """The delay that paces PACED_CONNECTIONS to `rate`: a TRIAL_SECONDS run at the delay the
     rate alone gives measures what each request adds (the latency), which the delay then
@@ -128,7 +125,7 @@ def paced(env: PodEnv, rate: int, tag: str, scratch: Path) -> dict[str, float]:
         trial.wait(TRIAL_SECONDS + 60)
     finally:
         stop_group(trial)
-    reached = rate_of(wrk_figures(out))
+    reached = rps(wrk_figures(out))
     latency = max(0.0, PACED_CONNECTIONS * 1000 / reached - first)
     delay = max(1, round(PACED_CONNECTIONS * 1000 / rate - latency))
     return {
@@ -169,7 +166,7 @@ def run(gen_name: str, minutes: float, share: float, calibrate: int, working_set
         stack.callback(lambda: stop_group(probe))
         probe.wait(calibrate + 60)
         figures = wrk_figures(out)
-        max_rate = rate_of(figures)
+        max_rate = rps(figures)
         rate = max(1, int(share * max_rate))
         pacing = paced(env, rate, tag, scratch)
         seen = Soak(env.gen.label, minutes, limit, figures, round(max_rate), rate, pacing,
