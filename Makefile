@@ -9,7 +9,7 @@ SHARED ?= ../shared
 export SHARED
 APT_PACKAGES := varnish haproxy iproute2 util-linux procps curl prometheus-varnish-exporter
 
-.PHONY: setup daemons kube cluster cluster-test wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize bench-slots bench-churn soak clean
+.PHONY: setup daemons kube cluster cluster-test wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize bench-slots bench-churn clean
 
 setup: $(VENV)/.installed
 
@@ -129,6 +129,7 @@ bench-churn: setup daemons wrk
 # cache-varnish levels off below 60 % of its limit, the working set keeps hitting (>= 99 % each
 # minute) and nothing failed; not part of `make test`. ARGS="--generation oldest" for
 # HAProxy 2.6 / Varnish 7.1, ARGS="--minutes 5" for a trial. See bench/results/README.md.
+.PHONY: soak
 soak: setup daemons wrk
 	$(BIN)/python -m bench.soak $(ARGS)
 
