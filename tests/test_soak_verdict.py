@@ -164,3 +164,8 @@ def test_a_results_file_is_judged_and_plotted_again(tmp_path: Path) -> None:
     assert len(judged["windows"]) == 60
     assert {w["unique_per_s"] for w in judged["windows"]} == {2000}
     assert path.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_falling_curve_is_not_levelled_either() -> None:
+    points = [(x, 500 - 2 * x) for x, _ in curve(noise=0.5)]
+    assert verdict(points, LIMIT, hitting(), 0).reasons[0].startswith("still falling: -2.000")

@@ -132,7 +132,8 @@ def verdict(
     final = footprint[-1][1]
     reasons = []
     if not fit.levelled:
-        reasons.append(f"still growing: {fit.slope:+.3f} MiB/min over the last {fit.minutes} "
+        trend = "still growing" if fit.slope > 0 else "still falling"
+        reasons.append(f"{trend}: {fit.slope:+.3f} MiB/min over the last {fit.minutes} "
                        f"min (95 % CI {fit.low:+.3f}..{fit.high:+.3f}, noise threshold "
                        f"{fit.threshold:.3f})")  # fmt: skip
     if peak >= LIMIT_SHARE * limit_mib:
