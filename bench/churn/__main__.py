@@ -122,6 +122,32 @@ class Sample:
     threads: int  # worker threads (each holds a stack and workspaces)
 
 
+def sample(env: PodEnv, began: float) -> Sample:
+    """What cache-varnish is charged now, and its cache's counters (`began`: monotonic 0 s)."""
+    values = env.varnishstat(*COUNTERS)
+    usage = env.runner.memory("cache-varnish")
+    return Sample(
+        seconds=round(time.monotonic() - began, 1),
+        footprint_mib=footprints(env.runner, ("cache-varnish",))["cache-varnish"],
+        cgroup_mib=round(usage[0] / MIB, 1) if usage else 0.0,
+        objects=values.get("MAIN.n_object", 0),
+        objheads=values.get("MAIN.n_objecthead", 0),
+        evicted=values.get("MAIN.n_lru_nuked", 0),
+        # client_req lags in the workers' unflushed counters: every request
+        # stored an object, so objects + evicted is the count that is current
+        requests=values.get("MAIN.n_object", 0) + values.get("MAIN.n_lru_nuked", 0),
+        stored_mib=round(values.get("SMA.s0.g_bytes", 0) / MIB, 1),
+        threads=values.get("MAIN.threads", 0),
+    )
+
+
+def sample_line(s: Sample) -> str:
+    return (
+        f"{s.seconds:6.0f} s {s.footprint_mib:6.1f} MiB (cgroup {s.cgroup_mib:6.1f}) "
+        f"{s.objects} objects {s.evicted} evicted {s.requests} req {s.threads} threads"
+    )
+
+
 @dataclass
 class Churn:
     generation: str
@@ -151,27 +177,8 @@ def churn(gen_name: str, variant: dict[str, str | None], minutes: float, rate: i
         began = time.monotonic()
         while load.poll() is None and time.monotonic() - began < seconds + 60:
             time.sleep(max(0.0, every - (time.monotonic() - began) % every))
-            values = env.varnishstat(*COUNTERS)
-            usage = env.runner.memory("cache-varnish")
-            seen.samples.append(
-                Sample(
-                    seconds=round(time.monotonic() - began, 1),
-                    footprint_mib=footprints(env.runner, ("cache-varnish",))["cache-varnish"],
-                    cgroup_mib=round(usage[0] / MIB, 1) if usage else 0.0,
-                    objects=values.get("MAIN.n_object", 0),
-                    objheads=values.get("MAIN.n_objecthead", 0),
-                    evicted=values.get("MAIN.n_lru_nuked", 0),
-                    # client_req lags in the workers' unflushed counters: every request
-                    # stored an object, so objects + evicted is the count that is current
-                    requests=values.get("MAIN.n_object", 0) + values.get("MAIN.n_lru_nuked", 0),
-                    stored_mib=round(values.get("SMA.s0.g_bytes", 0) / MIB, 1),
-                    threads=values.get("MAIN.threads", 0),
-                )
-            )
-            s = seen.samples[-1]
-            print(f"{s.seconds:6.0f} s {s.footprint_mib:6.1f} MiB (cgroup {s.cgroup_mib:6.1f}) "
-                  f"{s.objects} objects {s.evicted} evicted {s.requests} req {s.threads} threads",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            seen.samples.append(sample(env, began))
+            print(sample_line(seen.samples[-1]), file=sys.stderr, flush=True)
         load.wait(60)
         seen.wrk = wrk_figures(out)
     return seen
