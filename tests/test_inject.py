@@ -210,29 +210,11 @@ def test_user_declared_container_is_completed_not_duplicated(
     # Env merges by name (the user's wins): the invalidation token stays.
     assert [e["name"] for e in varnish["env"]] == [
         "CACHE_INJECTOR_PURGE_TOKEN",
-        "MALLOC_ARENA_MAX",
         "TZ",
     ]
-    assert varnish["env"][2] == {"name": "TZ", "value": "UTC"}
+    assert varnish["env"][1] == {"name": "TZ", "value": "UTC"}
     assert varnish["command"] == ["varnishd"]
     assert varnish in result["spec"]["initContainers"]
-
-
-def test_varnish_runs_with_two_malloc_arenas_unless_the_user_says(
-    policy: Policy, templates: Templates
-) -> None:
-    """glibc's per-thread arenas fragmented under small-object churn (bench/churn): two
-    arenas by default; a value the user declares on cache-varnish replaces it, once."""
-    plain = container(injected_pod(make_pod(), policy, templates), "cache-varnish")
-    assert {"name": "MALLOC_ARENA_MAX", "value": "2"} in plain["env"]
-    pod = make_pod()
-    pod["spec"]["containers"].append(
-        {"name": "cache-varnish", "env": [{"name": "MALLOC_ARENA_MAX", "value": "1"}]}
-    )
-    varnish = container(injected_pod(pod, policy, templates), "cache-varnish")
-    assert [e for e in varnish["env"] if e["name"] == "MALLOC_ARENA_MAX"] == [
-        {"name": "MALLOC_ARENA_MAX", "value": "1"}
-    ]
 
 
 def test_user_image_override_needs_policy_permission(templates: Templates) -> None:

@@ -152,17 +152,6 @@ def build_haproxy(options: Options, policy: Policy) -> JsonDict:
 VARNISH_THREADS_MIN = 10
 
 
-# glibc malloc's arenas for varnishd (MALLOC_ARENA_MAX). Varnish 8.0 as built upstream uses
-# glibc malloc (jemalloc only on request; Debian's 7.1 links jemalloc, which ignores this),
-# and glibc gives threads up to 8 arenas per CPU of the node - not of the container's quota.
-# Evictions of a stream of unique tiny objects fragment them (bench/churn: default pod,
-# ~2 k/s; the 5 min after the cache filled): glibc's default +40 MiB, still +3.5 MiB/min;
-# 2 arenas +11 to +13 MiB in 5 min (3 runs; in steps, not yet flat); 1 arena
-# +2 MiB, flat - but 1 arena cost MISSes 5-8 % of req/s (c=1, c=8, paired medians), 2 cost
-# nothing measurable on HITs or MISSes. A pod can set its own on cache-varnish (it wins).
-VARNISH_MALLOC_ARENAS = 2
-
-
 def varnish_hash_buckets(cache_size: int) -> int:
     """Buckets of the classic hasher: one per 32 KiB of cache, at least 1024 (~110 bytes
     each). Full of ~350-byte objects the chains stay ~100 long at worst; lookups compare
@@ -255,7 +244,10 @@ def build_varnish(options: Options, policy: Policy) -> JsonDict:
             {"name": names.PORT_NAME_HTTP, "containerPort": options.listen_port, "protocol": "TCP"}
         ],
         # The token for invalidation from outside the pod (default.vcl.j2), when the user
-        # created the Secret; unset otherwise, and the pod starts either way.
+        # created the Secret; unset otherwise, and the pod starts either way. No allocator
+        # variables: the images' varnishd links jemalloc (official images, Debian's), which
+        # ignores MALLOC_ARENA_MAX; untuned, it grew less under churn than glibc malloc with
+        # two arenas (bench/churn, docs/design.md).
         "env": [
             {
                 "name": names.PURGE_TOKEN_ENV,
@@ -267,9 +259,6 @@ def build_varnish(options: Options, policy: Policy) -> JsonDict:
                     }
                 },
             },
-            # Memory that levels off under small-object churn (VARNISH_MALLOC_ARENAS); a
-            # MALLOC_ARENA_MAX the user declares on cache-varnish wins (env merges by name).
-            {"name": names.MALLOC_ARENA_MAX_ENV, "value": str(VARNISH_MALLOC_ARENAS)},
         ],
         "startupProbe": startup,
         "readinessProbe": readiness,

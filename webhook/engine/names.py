@@ -125,8 +125,6 @@ STICKY_COOKIE = "CACHESRV"
 PURGE_SECRET = "cache-injector-purge"
 PURGE_SECRET_KEY = "token"
 PURGE_TOKEN_ENV = "CACHE_INJECTOR_PURGE_TOKEN"
-# glibc malloc's arena count for varnishd (builder.VARNISH_MALLOC_ARENAS says why).
-MALLOC_ARENA_MAX_ENV = "MALLOC_ARENA_MAX"
 PURGE_TOKEN_HEADER = "X-Cache-Token"
 PURGE_PATH = "/.cache/purge"
 BAN_PATH = "/.cache/ban"
@@ -210,7 +208,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "128Mi",
         "a Kubernetes memory quantity from 16Mi to {limit} such as 256Mi or 1Gi",
         "Varnish malloc storage for cached objects (allocated as it fills: the idle pod's "
-        "~30 MiB does not change); cache-varnish's memory limit grows with it "
+        "~33 MiB does not change); cache-varnish's memory limit grows with it "
         "(docs/policy.md, resources.varnish).",
     ),
     OptionSpec(
