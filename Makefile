@@ -126,7 +126,7 @@ bench-slots: setup daemons
 	$(BIN)/python -m bench.slots
 
 # Prints numbers, asserts nothing: cache-varnish's memory curve under a stream of unique tiny
-# objects (default pod, Varnish 8.0, 8 min; root and wrk). ARGS="--env MALLOC_CONF=narenas:2"
+# objects (default pod, Varnish 8.0, 8 min; root and wrk). ARGS="--env MALLOC_CONF=narenas:64"
 # for an allocator variant, ARGS="--hits --base-env K= --env K=V" for a variant's HIT cost.
 bench-churn: setup daemons wrk
 	$(BIN)/python -m bench.churn $(ARGS)

@@ -210,11 +210,32 @@ def test_user_declared_container_is_completed_not_duplicated(
     # Env merges by name (the user's wins): the invalidation token stays.
     assert [e["name"] for e in varnish["env"]] == [
         "CACHE_INJECTOR_PURGE_TOKEN",
+        "MALLOC_CONF",
         "TZ",
     ]
-    assert varnish["env"][1] == {"name": "TZ", "value": "UTC"}
+    assert varnish["env"][2] == {"name": "TZ", "value": "UTC"}
     assert varnish["command"] == ["varnishd"]
     assert varnish in result["spec"]["initContainers"]
+
+
+def test_varnish_runs_with_eight_jemalloc_arenas_unless_the_user_says(
+    policy: Policy, templates: Templates
+) -> None:
+    """jemalloc's arenas (4 per CPU of the node) fragmented under small-object churn
+    (bench/churn): eight by default, whatever the node; a MALLOC_CONF the user declares on
+    cache-varnish replaces ours, once, and no MALLOC_ARENA_MAX (glibc's, which jemalloc
+    ignores) is set."""
+    plain = container(injected_pod(make_pod(), policy, templates), "cache-varnish")
+    assert {"name": "MALLOC_CONF", "value": "narenas:8"} in plain["env"]
+    assert not [e for e in plain["env"] if e["name"] == "MALLOC_ARENA_MAX"]
+    pod = make_pod()
+    pod["spec"]["containers"].append(
+        {"name": "cache-varnish", "env": [{"name": "MALLOC_CONF", "value": "narenas:4"}]}
+    )
+    varnish = container(injected_pod(pod, policy, templates), "cache-varnish")
+    assert [e for e in varnish["env"] if e["name"] == "MALLOC_CONF"] == [
+        {"name": "MALLOC_CONF", "value": "narenas:4"}
+    ]
 
 
 def test_user_image_override_needs_policy_permission(templates: Templates) -> None:

@@ -129,6 +129,8 @@ PURGE_TOKEN_HEADER = "X-Cache-Token"
 PURGE_PATH = "/.cache/purge"
 BAN_PATH = "/.cache/ban"
 PURGE_TOKEN_MIN_LENGTH = 16
+# jemalloc's tunables for varnishd (builder.VARNISH_JEMALLOC_CONF says why).
+MALLOC_CONF_ENV = "MALLOC_CONF"
 
 # Namespaces never injected, whatever the policy says.
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
