@@ -94,18 +94,20 @@ def _tcp_probe(port: int | str, *, period: int, failures: int) -> JsonDict:
 
 
 def build_haproxy(options: Options, policy: Policy) -> JsonDict:
-    """cache-haproxy: one process in the foreground, logs to stdout, probes its own port."""
+    """cache-haproxy: master-worker in the foreground, logs to stdout, probes its own port."""
     model = policy.model
     container: JsonDict = {
         "name": names.CONTAINER_HAPROXY,
         "image": model.images.haproxy,
         **_pull_policy(policy),
-        # No master-worker (-W): a master process only reloads and restarts workers, which a
-        # container never asks of it (a new config is a new pod; a crash restarts the
-        # container), and it cost 2.6 MiB on 3.4 and 2.1 MiB on 2.6, 7 % of the idle pod
-        # (bench/footprint). SIGTERM (hard stop) and SIGUSR1 (soft stop) reach it directly.
+        # Master-worker (-W) although the master costs 2.6 MiB on 3.4 and 2.1 MiB on 2.6
+        # (bench/footprint): HAProxy alone catches no SIGTERM, and a PID namespace's init
+        # (HAProxy, as the container's PID 1) never gets a signal it does not catch - so the
+        # lone process ignored pod deletion until SIGKILL (e2e 11-13 failed). The master
+        # catches SIGTERM and stops the worker.
         "command": [
             "haproxy",
+            "-W",
             "-db",
             "-f",
             f"{names.HAPROXY_CONFIG_DIR}/{names.HAPROXY_CONFIG_FILE}",

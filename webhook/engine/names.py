@@ -210,7 +210,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "128Mi",
         "a Kubernetes memory quantity from 16Mi to {limit} such as 256Mi or 1Gi",
         "Varnish malloc storage for cached objects (allocated as it fills: the idle pod's "
-        "~33 MiB does not change); cache-varnish's memory limit grows with it "
+        "~35 MiB does not change); cache-varnish's memory limit grows with it "
         "(docs/policy.md, resources.varnish).",
     ),
     OptionSpec(

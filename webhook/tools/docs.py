@@ -158,9 +158,9 @@ def _memory_section() -> list[str]:
     return [
         "## Memory per pod",
         "",
-        "Idle, the two sidecars cost 33 MiB per pod (HAProxy 3.4 17, Varnish 8.0 16; 28 MiB",
-        "with HAProxy 2.6 and Varnish 7.1), counted as a memory cgroup does: the PSS of their",
-        "processes plus the pages of their Memory emptyDirs, among them Varnish's",
+        "Idle, the two sidecars cost 34-36 MiB per pod (HAProxy 3.4 20, Varnish 8.0 16;",
+        "28-30 MiB with HAProxy 2.6 and Varnish 7.1), counted as a memory cgroup does: the",
+        "PSS of their processes plus the pages of their Memory emptyDirs, among them Varnish's",
         f"{policy.VARNISH_LOG_SIZE // mib} MiB shared-memory log. That is what a node's first",
         "pod pays (`make bench-footprint`); pods on a node share the daemons' file pages, so",
         "each further pod reads a little less. No option changes that idle cost; the cache",
