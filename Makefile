@@ -9,7 +9,7 @@ SHARED ?= ../shared
 export SHARED
 APT_PACKAGES := varnish varnish-modules haproxy iproute2 util-linux procps curl prometheus-varnish-exporter
 
-.PHONY: setup daemons kube cluster cluster-test wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize bench-slots bench-churn clean
+.PHONY: setup daemons kube cluster cluster-test wrk lint test unit e2e golden docs chart-schema run certs demo bench bench-datapath bench-objectsize bench-slots bench-churn bench-footprint clean
 
 setup: $(VENV)/.installed
 
@@ -115,14 +115,21 @@ bench-datapath: setup daemons wrk
 bench-objectsize: setup daemons
 	$(BIN)/python -m bench.objectsize
 
+# Prints numbers, asserts nothing: the default pod's idle footprint per container as if it ran
+# alone on the node (daemons and their libraries from private copies: other haproxy/varnishd
+# on the machine share no page with it), on both generations; root needed. ARGS="--shared"
+# for the installed daemons (as e2e), ARGS="--env K=V" for a cache-varnish variable.
+bench-footprint: setup daemons
+	$(BIN)/python -m bench.footprint $(ARGS)
+
 # Prints numbers, asserts nothing: cache-haproxy's memory per max-backends slot and DNS answer
 # sizes per Service size, on both generations; root needed.
 bench-slots: setup daemons
 	$(BIN)/python -m bench.slots
 
 # Prints numbers, asserts nothing: cache-varnish's memory curve under a stream of unique tiny
-# objects (default pod, Varnish 8.0, 8 min; root and wrk). ARGS="--env MALLOC_ARENA_MAX=" for
-# glibc's default arenas, ARGS="--hits --base-env K= --env K=V" for a variant's HIT cost.
+# objects (default pod, Varnish 8.0, 8 min; root and wrk). ARGS="--env MALLOC_CONF=narenas:64"
+# for an allocator variant, ARGS="--hits --base-env K= --env K=V" for a variant's HIT cost.
 bench-churn: setup daemons wrk
 	$(BIN)/python -m bench.churn $(ARGS)
 

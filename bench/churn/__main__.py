@@ -14,8 +14,8 @@ third (MiB/min) - whether the footprint levels off - and how long the limit woul
 slope.
 
 `--env K=V` sets an environment variable of cache-varnish in the pod the injector wrote (say,
-glibc malloc's tunables: MALLOC_ARENA_MAX=2) - the variant measured; `--env K=` removes one
-the injector set (`--env MALLOC_ARENA_MAX=`: glibc's default arenas).
+the allocator's tunables: MALLOC_CONF=narenas:2 for jemalloc, MALLOC_ARENA_MAX=2 for a
+varnishd built with glibc malloc) - the variant measured; `--env K=` removes one.
 
 `--hits` measures the cost of a variant on cache HITs instead (with `--misses`: on MISSes
 that store, unique URLs unpaced - where malloc is called): two pods side by side, the

@@ -8,12 +8,11 @@ cool-off: objheads go with their objects) and a limit whose headroom follows wha
 can hold. The stream (~1 KiB objects, as in that report: the body repeats the path) runs
 until the cache has been replaced TURNOVERS times over (evictions counted by Varnish), which
 with no cool-off to wait for is what "long enough" means; the memory is sampled all along.
-A 16Mi cache (the smallest allowed) keeps that short. Varnish 8.0 allocates with glibc
-malloc, whose per-thread arenas the evictions fragmented (a slow creep that never levelled
-off in bench/churn); every process of cache-varnish must run with two arenas
-(MALLOC_ARENA_MAX=2, builder.VARNISH_MALLOC_ARENAS). The smallest objects (a few bytes of
-body, ~350 bytes stored: the worst case the limit is computed for) would need ~4x the
-requests; docs/policy.md ("Memory per pod") gives their measured figures.
+A 16Mi cache (the smallest allowed) keeps that short. jemalloc's arenas (4 per CPU of the
+node) fragmented under such a stream (bench/churn); every process of cache-varnish must run
+with eight (MALLOC_CONF=narenas:8, builder.VARNISH_JEMALLOC_CONF). The smallest objects (a
+few bytes of body, ~350 bytes stored: the worst case the limit is computed for) would need
+~4x the requests; docs/policy.md ("Memory per pod") gives their measured figures.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import pytest
 from tests.e2e.footprint import footprints, process_tree
 from tests.e2e.harness import LISTEN_PORT, POD_IP, PodEnv, generation
 from tests.e2e.scenarios import Scenarios, background, lasts, recorder, sleep
-from webhook.engine.builder import VARNISH_MALLOC_ARENAS
+from webhook.engine.builder import VARNISH_JEMALLOC_CONF
 from webhook.engine.values import parse_size
 
 pytestmark = pytest.mark.e2e
@@ -66,8 +65,8 @@ class TinyObjects:
     # lags in the worker threads' unflushed counters and reads 0)
     after: dict[str, int] = field(default_factory=dict)
     diagnostics: str = ""
-    # MALLOC_ARENA_MAX as each process of cache-varnish has it ("" when unset)
-    arenas: list[str] = field(default_factory=list)
+    # MALLOC_CONF as each process of cache-varnish has it ("" when unset)
+    malloc_conf: list[str] = field(default_factory=list)
 
 
 def environ_values(pid: int, name: str) -> list[str]:
@@ -147,7 +146,7 @@ def tiny_objects(gen_name: str) -> TinyObjects:
         seen.after = varnish_counters(env)
         main_pid = env.runner.states["cache-varnish"].main_pid
         assert main_pid is not None
-        seen.arenas = environ_values(main_pid, "MALLOC_ARENA_MAX")
+        seen.malloc_conf = environ_values(main_pid, "MALLOC_CONF")
         seen.diagnostics = env.diagnostics()
     return seen
 
@@ -193,10 +192,11 @@ def test_unique_tiny_objects_level_off_under_the_limit(
     note("peak per turnover MiB", [round(p, 1) for p in peaks])
     objects, objheads = seen.after.get("n_object", 0), seen.after.get("n_objecthead", 0)
     note("objheads / objects after the stream", f"{objheads} / {objects}")
-    note("MALLOC_ARENA_MAX of cache-varnish's processes", seen.arenas)
+    note("MALLOC_CONF of cache-varnish's processes", seen.malloc_conf)
     described = f"{seen.label}: {len(seen.samples)} samples, peaks per turnover {peaks}"
-    # varnishd's manager, its child (the cache) and anything they run: two glibc arenas.
-    assert len(seen.arenas) >= 2 and set(seen.arenas) == {str(VARNISH_MALLOC_ARENAS)}, seen.arenas
+    # varnishd's manager, its child (the cache) and anything they run: eight jemalloc arenas.
+    assert len(seen.malloc_conf) >= 2, seen.malloc_conf
+    assert set(seen.malloc_conf) == {VARNISH_JEMALLOC_CONF}, seen.malloc_conf
     assert seen.errors == 0, f"{seen.errors} errors, first: {seen.first_error}"
     assert last and last.nuked >= TURNOVERS * seen.full_at_objects > 0, (
         f"the cache was not replaced {TURNOVERS} times in {DEADLINE} s: {described}"

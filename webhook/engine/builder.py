@@ -100,6 +100,11 @@ def build_haproxy(options: Options, policy: Policy) -> JsonDict:
         "name": names.CONTAINER_HAPROXY,
         "image": model.images.haproxy,
         **_pull_policy(policy),
+        # Master-worker (-W) although the master costs 2.6 MiB on 3.4 and 2.1 MiB on 2.6
+        # (bench/footprint): HAProxy alone catches no SIGTERM, and a PID namespace's init
+        # (HAProxy, as the container's PID 1) never gets a signal it does not catch - so the
+        # lone process ignored pod deletion until SIGKILL (e2e 11-13 failed). The master
+        # catches SIGTERM and stops the worker.
         "command": [
             "haproxy",
             "-W",
@@ -151,15 +156,15 @@ def build_haproxy(options: Options, policy: Policy) -> JsonDict:
 VARNISH_THREADS_MIN = 10
 
 
-# glibc malloc's arenas for varnishd (MALLOC_ARENA_MAX). Varnish 8.0 as built upstream uses
-# glibc malloc (jemalloc only on request; Debian's 7.1 links jemalloc, which ignores this),
-# and glibc gives threads up to 8 arenas per CPU of the node - not of the container's quota.
-# Evictions of a stream of unique tiny objects fragment them (bench/churn: default pod,
-# ~2 k/s; the 5 min after the cache filled): glibc's default +40 MiB, still +3.5 MiB/min;
-# 2 arenas +11 to +13 MiB in 5 min (3 runs; in steps, not yet flat); 1 arena
-# +2 MiB, flat - but 1 arena cost MISSes 5-8 % of req/s (c=1, c=8, paired medians), 2 cost
-# nothing measurable on HITs or MISSes. A pod can set its own on cache-varnish (it wins).
-VARNISH_MALLOC_ARENAS = 2
+# jemalloc's tunables for varnishd (MALLOC_CONF): the official images and Debian's varnishd
+# link jemalloc, which makes 4 arenas per CPU of the node - not of the container's quota -
+# and gives each new thread the next one, so on a node of 11+ CPUs each of varnishd's ~45
+# threads has its own. Evictions of a stream of unique tiny objects fragment them
+# (bench/churn, default pod, from the cache full): 64 arenas +66 MiB in 4 min, still
+# +12.6 MiB/min; 8 (this 2-CPU machine's default) +7.4 MiB in 5 min; 2 about the same
+# (+5.9 in 3 min) but MISSes 0.87x req/s (median of 4 noisy pairs). So 8: what was measured
+# here, on any node. A pod can set its own MALLOC_CONF on cache-varnish (it wins).
+VARNISH_JEMALLOC_CONF = "narenas:8"
 
 
 def varnish_hash_buckets(cache_size: int) -> int:
@@ -275,9 +280,9 @@ def build_varnish(options: Options, policy: Policy) -> JsonDict:
                     }
                 },
             },
-            # Memory that levels off under small-object churn (VARNISH_MALLOC_ARENAS); a
-            # MALLOC_ARENA_MAX the user declares on cache-varnish wins (env merges by name).
-            {"name": names.MALLOC_ARENA_MAX_ENV, "value": str(VARNISH_MALLOC_ARENAS)},
+            # Memory that levels off under small-object churn (VARNISH_JEMALLOC_CONF); a
+            # MALLOC_CONF the user declares on cache-varnish wins (env merges by name).
+            {"name": names.MALLOC_CONF_ENV, "value": VARNISH_JEMALLOC_CONF},
         ],
         "startupProbe": startup,
         "readinessProbe": readiness,

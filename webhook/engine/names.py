@@ -146,8 +146,6 @@ STICKY_COOKIE = "CACHESRV"
 PURGE_SECRET = "cache-injector-purge"
 PURGE_SECRET_KEY = "token"
 PURGE_TOKEN_ENV = "CACHE_INJECTOR_PURGE_TOKEN"
-# glibc malloc's arena count for varnishd (builder.VARNISH_MALLOC_ARENAS says why).
-MALLOC_ARENA_MAX_ENV = "MALLOC_ARENA_MAX"
 PURGE_TOKEN_HEADER = "X-Cache-Token"
 PURGE_PATH = "/.cache/purge"
 BAN_PATH = "/.cache/ban"
@@ -161,6 +159,8 @@ TAG_SOFT_HEADER = "X-Cache-Purge-Soft"
 TAG_COUNT_HEADER = "X-Cache-Purged"
 # The response header the xkey VMOD reads an object's tags from.
 XKEY_HEADER = "xkey"
+# jemalloc's tunables for varnishd (builder.VARNISH_JEMALLOC_CONF says why).
+MALLOC_CONF_ENV = "MALLOC_CONF"
 
 # Namespaces never injected, whatever the policy says.
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
@@ -281,7 +281,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "128Mi",
         "a Kubernetes memory quantity from 16Mi to {limit} such as 256Mi or 1Gi",
         "Varnish malloc storage for cached objects (allocated as it fills: the idle pod's "
-        "~30 MiB does not change); cache-varnish's memory limit grows with it "
+        "~35 MiB does not change); cache-varnish's memory limit grows with it "
         "(docs/policy.md, resources.varnish).",
     ),
     OptionSpec(

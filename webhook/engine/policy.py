@@ -40,12 +40,15 @@ VARNISH_LOG_SIZE = 8 * values.MIB
 # varnishd fails at launch ("Child failed on launch").
 VARNISH_WORKDIR_SIZE = VARNISH_LOG_SIZE + 8 * values.MIB
 # Besides cache, Transient and workdir: threads, sessions, VCL, allocator (measured idle
-# 5-8 MiB PSS, after 64 concurrent clients a few MiB more).
+# ~7.5 MiB PSS with jemalloc, after 64 concurrent clients a few MiB more) and open
+# WebSockets (~120 KiB each).
 VARNISH_BASE_MEMORY = 32 * values.MIB
 # What each object costs outside -s malloc (objcore, objhead, storage header, allocator),
 # and the least -s malloc storage one takes (status, headers, a few bytes of body).
-# Measured with a stream of unique tiny objects (docs/design.md, "Small objects"): ~1.05 KB
-# outside for ~350 bytes inside; a cache full of them holds 3x its size outside storage.
+# Measured with a stream of unique tiny objects (docs/design.md, "Memory limit"): ~1.05 KB
+# outside for ~350 bytes inside; the default pod under bench/churn (jemalloc, as the
+# official images link it) ~620 bytes per object while the cache filled, ~700 at the 8-min
+# peak: 1152 keeps a 1.6x margin.
 VARNISH_OBJECT_OVERHEAD = 1152
 VARNISH_SMALLEST_OBJECT = 352
 MIN_CACHE_SIZE = 16 * values.MIB
