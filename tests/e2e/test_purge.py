@@ -87,6 +87,20 @@ def _proxy(envs: dict[str, PodEnv]) -> Any:
     return forward
 
 
+def serve_pods(
+    stack: contextlib.ExitStack, envs: dict[str, PodEnv], tmp_path: Path
+) -> tuple[FakeApiServer, str]:
+    """The fake API server (for its pod proxy) holding the purge Secret and these pods,
+    running until `stack` closes, and its kubeconfig."""
+    api = FakeApiServer()
+    api.add(purge_secret(TOKEN))
+    for env in envs.values():
+        api.add(_api_pod(env))
+    api.proxy = _proxy(envs)
+    stack.enter_context(api.running())
+    return api, api.kubeconfig(tmp_path / "kubeconfig")
+
+
 def _purge(api: FakeApiServer, kubeconfig: str, *args: str) -> tuple[int, dict[str, Any], float]:
     began = time.monotonic()
     result = CliRunner().invoke(
@@ -131,13 +145,7 @@ def test_purge_reaches_every_pod_with_the_token(tmp_path: Path, generation_name:
             )
             for i in range(3)
         }
-        api = FakeApiServer()
-        api.add(purge_secret(TOKEN))
-        for env in envs.values():
-            api.add(_api_pod(env))
-        api.proxy = _proxy(envs)
-        stack.enter_context(api.running())
-        kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
+        api, kubeconfig = serve_pods(stack, envs, tmp_path)
 
         def caches(path: str) -> dict[str, str]:
             return {name: env.http.get(path).cache for name, env in envs.items()}

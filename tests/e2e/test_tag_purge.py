@@ -28,11 +28,11 @@ from click.testing import CliRunner
 
 from tests import daemons
 from tests.chart.fake_apiserver import FakeApiServer
-from tests.cluster.pods import purge_records, purge_secret
+from tests.cluster.pods import purge_records
 from tests.e2e.harness import Generation, PodEnv, generation
 from tests.e2e.podrunner import BASE_DIR
 from tests.e2e.scenarios import recorder
-from tests.e2e.test_purge import NO_DRAIN, SECRETS, TOKEN, _api_pod, _proxy
+from tests.e2e.test_purge import NO_DRAIN, SECRETS, serve_pods
 from webhook.cli import main
 
 pytestmark = pytest.mark.e2e
@@ -118,13 +118,7 @@ def test_tag_purge_in_three_pods(tmp_path: Path, generation_name: str) -> None:
                 )
             )
             envs[name].backends["app-0"].tag_header = header
-        api = FakeApiServer()
-        api.add(purge_secret(TOKEN))
-        for env in envs.values():
-            api.add(_api_pod(env))
-        api.proxy = _proxy(envs)
-        stack.enter_context(api.running())
-        kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
+        api, kubeconfig = serve_pods(stack, envs, tmp_path)
         log = envs["web-3"].runner.log("cache-varnish")
         assert "Could not find VMOD xkey" in log, "web-3 runs the VCL without xkey"
 
