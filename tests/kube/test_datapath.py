@@ -246,7 +246,7 @@ def test_hit_miss_and_balance_over_headless_service(setup: Setup) -> None:
 def test_scale_up_then_rollout_restart_without_errors(setup: Setup) -> None:
     """New pods get traffic within HAProxy's DNS hold times; a rolling restart of the
     backend under steady traffic through the cache costs no request and no request waits
-    on a gone pod twice. The backend exits at SIGTERM after a 2 s preStop sleep, as the
+    on a gone pod twice. The backend exits at SIGTERM after a 5 s preStop sleep, as the
     Kubernetes docs advise: its address leaves DNS (ready=false) while it still serves.
     Without the preStop, a deleted pod's address times out at once (its network namespace
     is gone, it does not refuse, as the e2e model's stopped pods did), and on this machine a
@@ -260,11 +260,13 @@ def test_scale_up_then_rollout_restart_without_errors(setup: Setup) -> None:
     assert len(five) == 5
     seconds = wait_all_answer(setup, client_ip, five, timeout=60)
     print(f"\nscaled 3 -> 5: every pod answered {seconds:.1f} s after all 5 were Ready")
-    pre_stop = {"preStop": {"sleep": {"seconds": 2}}}
+    pre_stop = {"preStop": {"sleep": {"seconds": 5}}}
     patch = [{"op": "add", "path": "/spec/template/spec/containers/0/lifecycle", "value": pre_stop}]
     setup.kubectl("-n", setup.namespace, "patch", "deployment/backend", "--type=json",
                   "-p", json.dumps(patch))  # fmt: skip
     setup.rollout("backend")
+    # That rollout's old pods had no preStop: start once the cache reaches every new pod.
+    wait_all_answer(setup, client_ip, pod_names(setup.pods("backend")), timeout=60)
 
     assert setup.cluster.network is not None
     sender = Client(setup.cluster.network.node, client_ip, CACHE_PORT, workers=32)
