@@ -15,7 +15,7 @@ from webhook.engine import names, values
 from webhook.engine.errors import InvalidOptions, InvalidPolicy, PortClash
 from webhook.engine.inject import inject_pod
 from webhook.engine.patch import uninject
-from webhook.engine.policy import VARNISH_LOG_SIZE, Policy
+from webhook.engine.policy import VARNISH_LOG_SIZE_READER, Policy
 from webhook.engine.render import Templates
 
 P = "cache-injector.io/"
@@ -236,4 +236,20 @@ def test_the_workdir_holds_a_second_log_with_the_access_log(
         workdir_limit({P + "access-log": "true"}),
     )
     assert plain == metrics
-    assert values.parse_size(logged) == values.parse_size(plain) + VARNISH_LOG_SIZE
+    assert values.parse_size(logged) == values.parse_size(plain) + VARNISH_LOG_SIZE_READER
+
+
+def test_the_access_log_reader_gets_the_bigger_shared_memory_log(
+    policy: Policy, templates: Templates
+) -> None:
+    """varnishncsa must not be lapped (8M held at 20-40 k req/s); a pod nothing reads keeps
+    the smaller log, 4 MiB of every idle pod's memory."""
+
+    def log_space(annotations: dict[str, str]) -> str:
+        pod = injected_pod(make_pod(annotations=annotations), policy, templates)
+        args = container(pod, "cache-varnish")["args"]
+        value: str = next(a for a in args if a.startswith("vsl_space="))
+        return value
+
+    assert log_space({}) == log_space({P + "metrics": "true"}) == "vsl_space=4M"
+    assert log_space({P + "access-log": "true"}) == "vsl_space=8M"

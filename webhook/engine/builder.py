@@ -16,10 +16,11 @@ from .errors import ImageOverrideNotAllowed, InvalidAnnotation, PortClash
 from .memo import BoundedMemo
 from .options import Options
 from .policy import (
-    VARNISH_LOG_SIZE,
+    VARNISH_LOG_SIZE_READER,
     VARNISH_WORKDIR_SIZE,
     Policy,
     Resources,
+    varnish_log_size,
     varnish_memory_limit,
     varnish_memory_request,
 )
@@ -228,9 +229,9 @@ def varnish_args(options: Options, policy: Policy) -> list[str]:
         "-p",
         "debug=+vclrel",
         # The shared-memory log lives in the workdir's Memory emptyDir: 80M by default, most
-        # of an idle pod's memory (policy.VARNISH_LOG_SIZE says why this size).
+        # of an idle pod's memory (policy.VARNISH_LOG_SIZE says why these sizes).
         "-p",
-        f"vsl_space={VARNISH_LOG_SIZE // values.MIB}M",
+        f"vsl_space={varnish_log_size(options.access_log) // values.MIB}M",
         "-p",
         f"thread_pool_min={VARNISH_THREADS_MIN}",
         # Varnish must close an idle connection to HAProxy before HAProxy does, or it can
@@ -414,7 +415,7 @@ def workdir_size(options: Options) -> int:
     room for one log only the new child could not create its own ("Child failed on launch",
     on every restart: e2e scenario 19). Not counted in cache-varnish's memory limit: the old
     log's pages were charged to the container instance that wrote them."""
-    return VARNISH_WORKDIR_SIZE + (VARNISH_LOG_SIZE if options.access_log else 0)
+    return VARNISH_WORKDIR_SIZE + (VARNISH_LOG_SIZE_READER if options.access_log else 0)
 
 
 def build_volumes(options: Options) -> list[JsonDict]:

@@ -29,16 +29,22 @@ DEFAULT_IMAGES = {
     # Varnish 8.0's varnishstat): push it and set images.varnishExporter.
     "varnish_exporter": "cache-injector/varnish-exporter:8.0",
 }
-# Varnish's shared-memory log (vsl_space, 80M by default: 80 % of an idle pod's memory). It
-# must be big enough that varnishlog/varnishncsa attached to the pod keep up with a c=8 HIT
-# load without being overrun. Measured (Varnish 8.0, 20-40 k req/s, bench/datapath): 1M and
-# 2M overran, 4M overran in 1 of 2 runs (8.0's varnishncsa then died on an assert), 8M lost
-# no record in any run, on 7.1 either. So an access-log reader needs no bigger log.
-VARNISH_LOG_SIZE = 8 * values.MIB
+# Varnish's shared-memory log (vsl_space; Varnish's default is 80M). varnishd writes all of
+# it at start into the workdir's Memory emptyDir, so every pod pays it, idle or not. A reader
+# that must not lose records (cache-access-log's varnishncsa) needs room to keep up with a c=8
+# HIT load. Measured (Varnish 8.0, 20-40 k req/s, bench/datapath): 1M and 2M overran, 4M
+# overran in 1 of 2 runs (8.0's varnishncsa then died on an assert), 8M lost no record in any
+# run, nor on 7.1. So the access log gets 8M.
+VARNISH_LOG_SIZE_READER = 8 * values.MIB
+# Without the access log nothing in the pod reads the log; a person's varnishlog sometimes
+# does. With 4M such a reader is lapped only at the rates above, and the idle default pod is
+# 4 MiB smaller (issue 25: 35.6 -> 31.6 MiB on 3.4/8.0 alone, bench/footprint).
+VARNISH_LOG_SIZE = 4 * values.MIB
 # The workdir emptyDir (tmpfs, charged to the container): the log, plus counters, the
 # compiled VCLs and the panic buffer (under 1 MiB at idle). Smaller than the log and
-# varnishd fails at launch ("Child failed on launch").
-VARNISH_WORKDIR_SIZE = VARNISH_LOG_SIZE + 8 * values.MIB
+# varnishd fails at launch ("Child failed on launch"). Sized for the reader's log either
+# way: the memory limit counts it, and it did not shrink with the default pod's log.
+VARNISH_WORKDIR_SIZE = VARNISH_LOG_SIZE_READER + 8 * values.MIB
 # Besides cache, Transient and workdir: threads, sessions, VCL, allocator (measured idle
 # ~7.5 MiB PSS with jemalloc, after 64 concurrent clients a few MiB more) and open
 # WebSockets (~120 KiB each).
@@ -52,6 +58,11 @@ VARNISH_BASE_MEMORY = 32 * values.MIB
 VARNISH_OBJECT_OVERHEAD = 1152
 VARNISH_SMALLEST_OBJECT = 352
 MIN_CACHE_SIZE = 16 * values.MIB
+
+
+def varnish_log_size(access_log: bool) -> int:
+    """vsl_space: the reader's size when the pod runs the access log, else the smaller one."""
+    return VARNISH_LOG_SIZE_READER if access_log else VARNISH_LOG_SIZE
 
 
 def _whole_mib(size: int) -> int:
