@@ -24,7 +24,7 @@ from tests.e2e.scenarios import record
 pytestmark = pytest.mark.e2e
 
 FD_HARD_LIMIT = 8192  # haproxy.cfg.j2
-IDLE_CEILING_MIB = 64  # ~30-36 measured alone (bench/footprint); was ~105
+IDLE_CEILING_MIB = 64  # 26.5-31.7 as a first pod (bench/footprint); was ~105
 
 
 @pytest.mark.parametrize("gen_name", ["newest", "oldest"])

@@ -4,8 +4,9 @@ by the node (standard library only; the container's user need not read this chec
 Every answer names the pod (`X-Pod`, from POD_NAME, the downward API) so a client behind the
 cache can tell which pod served a miss; the path decides the caching headers, as
 tests/e2e/backends.py does: /static/ cacheable for 300 s, /nocache/ `no-store`, /healthz for
-the readiness probe. On SIGTERM it stops listening, finishes requests in flight and exits, as
-a well-behaved application does within its grace period.
+the readiness probe. A /static/SEGMENT/... answer carries the tag `xkey: t-SEGMENT` (purge
+--tag). On SIGTERM it stops listening, finishes requests in flight and exits, as a
+well-behaved application does within its grace period.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", cache_control)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
+        if path.startswith("/static/"):  # tagged by its first segment, for purge --tag
+            self.send_header("xkey", "t-" + path.split("/")[2])
         if STOPPING.is_set():
             self.send_header("Connection", "close")
             self.close_connection = True

@@ -361,6 +361,34 @@ def test_purge_reaches_every_client_pod(setup: Setup, via: str) -> None:
         }, [r.describe() for r in after.values()]
 
 
+def test_purge_by_tag_reaches_every_client_pod(setup: Setup) -> None:
+    """`purge --tag` (xkey, the backend's `xkey` header) removes exactly the tag's objects from
+    every client pod, each pod counting them; an object under another tag stays a HIT."""
+    clients = setup.pods("client")
+    ips = [pod_ip(p) for p in clients]
+    backends = pod_names(setup.pods("backend"))
+    for ip in ips:
+        wait_all_answer(setup, ip, backends, timeout=60)
+    tag, other = uuid.uuid4().hex[:8], uuid.uuid4().hex[:8]
+    tagged = [f"/static/{tag}/a", f"/static/{tag}/b"]
+    kept = f"/static/{other}/c"
+    for path in (*tagged, kept):
+        fill(setup, ips, path)
+
+    results = purge(setup, "--tag", f"t-{tag}")
+    print("\npurge --tag: " + "; ".join(f"{r['pod']} {r['purged']}" for r in results))
+    assert sorted(r["pod"] for r in results) == sorted(pod_names(clients))
+    assert [(r["result"], r["purged"]) for r in results] == [("ok", 2)] * len(clients), results
+
+    for ip in ips:
+        after = {p: setup.get(ip, p, HOST) for p in (*tagged, kept)}
+        assert {p: (r.status, r.cache) for p, r in after.items()} == {
+            tagged[0]: (200, "MISS"),
+            tagged[1]: (200, "MISS"),
+            kept: (200, "HIT"),
+        }, [r.describe() for r in after.values()]
+
+
 # -- 4. uninject -----------------------------------------------------------------------------
 def differences(a: Any, b: Any, path: str = "") -> set[str]:
     """Paths where b differs from a: keys only in one, or unequal values (lists of named
