@@ -35,24 +35,20 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import stop_group, write_results
+from bench.common import pod_bench, stop_group, write_results
 from bench.datapath.__main__ import get, synth_pod
-from tests.e2e.conftest import host_problem, sweep_stale_runs
 from tests.e2e.footprint import footprints
 from tests.e2e.harness import (
     LISTEN_PORT,
     POD_IP,
     PodEnv,
     generation,
-    root_cleanup,
 )
-from tests.e2e.podrunner import remove_mount_points
 from webhook.engine.values import parse_size
 
 HERE = Path(__file__).resolve().parent
@@ -321,26 +317,16 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per HIT run")
     args = parser.parse_args()
     variant, base = env_items(args.env), env_items(args.base_env)
-    problem = host_problem()
-    if problem:
-        raise SystemExit(f"bench.churn: {problem}")
-    sweep_stale_runs()
-    load_before = os.getloadavg()
-    try:
-        with tempfile.TemporaryDirectory(prefix="cache-injector-churn-", dir="/var/tmp") as tmp:
-            scratch = Path(tmp)
-            scratch.chmod(0o755)
-            if args.hits:
-                hit_run = hits(args.generation, variant, args.pairs, args.duration, scratch,
-                               args.misses, base, args.connections)  # fmt: skip
-                text, data = hits_table(hit_run), {"hits": asdict(hit_run)}
-            else:
-                run = churn(args.generation, variant, args.minutes, args.rate, args.sample,
-                            scratch)  # fmt: skip
-                text, data = churn_table(run), {"churn": asdict(run)}
-    finally:
-        remove_mount_points()
-        root_cleanup()
+    with pod_bench("churn") as scratch:
+        load_before = os.getloadavg()
+        if args.hits:
+            hit_run = hits(args.generation, variant, args.pairs, args.duration, scratch,
+                           args.misses, base, args.connections)  # fmt: skip
+            text, data = hits_table(hit_run), {"hits": asdict(hit_run)}
+        else:
+            run = churn(args.generation, variant, args.minutes, args.rate, args.sample,
+                        scratch)  # fmt: skip
+            text, data = churn_table(run), {"churn": asdict(run)}
     print(f"{os.cpu_count()} CPUs; load average before {load_before[0]:.2f}, "
           f"after {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(text)

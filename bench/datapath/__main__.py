@@ -45,16 +45,14 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import stop_group, write_results
+from bench.common import pod_bench, stop_group, write_results
 from tests.e2e.clusterdns import PodRecord
-from tests.e2e.conftest import host_problem, sweep_stale_runs
 from tests.e2e.footprint import footprints, haproxy_info, process_tree
 from tests.e2e.harness import (
     BACKEND_PORT,
@@ -64,9 +62,8 @@ from tests.e2e.harness import (
     SERVICE,
     PodEnv,
     generation,
-    root_cleanup,
 )
-from tests.e2e.podrunner import ContainerState, remove_mount_points
+from tests.e2e.podrunner import ContainerState
 
 HERE = Path(__file__).resolve().parent
 BACKEND_IP = "127.0.1.1"
@@ -605,22 +602,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="repeat everything (noise)")
     parser.add_argument("--generations", default="newest,oldest")
     args = parser.parse_args()
-    problem = host_problem()
-    if problem:
-        raise SystemExit(f"bench.datapath: {problem}")
-    sweep_stale_runs()
     runs: list[Run] = []
-    load_before = os.getloadavg()
-    try:
-        with tempfile.TemporaryDirectory(prefix="cache-injector-datapath-", dir="/var/tmp") as tmp:
-            scratch = Path(tmp)
-            scratch.chmod(0o755)
-            for round_number in range(1, args.rounds + 1):
-                for gen_name in args.generations.split(","):
-                    runs.append(measure(gen_name, round_number, args.duration, scratch))
-    finally:
-        remove_mount_points()
-        root_cleanup()
+    with pod_bench("datapath") as scratch:
+        load_before = os.getloadavg()
+        for round_number in range(1, args.rounds + 1):
+            for gen_name in args.generations.split(","):
+                runs.append(measure(gen_name, round_number, args.duration, scratch))
     print(
         f"{os.cpu_count()} CPUs; load average before {load_before[0]:.2f}, "
         f"after {os.getloadavg()[0]:.2f}; wrk -t1, {args.duration} s per run"

@@ -29,7 +29,6 @@ import resource
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -37,12 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.churn.__main__ import env_items
-from bench.common import write_results
+from bench.common import pod_bench, write_results
 from tests import daemons
-from tests.e2e.conftest import host_problem, sweep_stale_runs
 from tests.e2e.footprint import footprints, haproxy_info, process_tree
-from tests.e2e.harness import Generation, PodEnv, generation, root_cleanup
-from tests.e2e.podrunner import remove_mount_points
+from tests.e2e.harness import Generation, PodEnv, generation
 
 MIB = 2**20
 SIDECARS = ("cache-haproxy", "cache-varnish")
@@ -263,31 +260,19 @@ def main() -> None:
     parser.add_argument("--shared", action="store_true", help="the installed daemons, as e2e")
     parser.add_argument("--env", action="append", default=[], help="cache-varnish K=V, K= unsets")
     args = parser.parse_args()
-    problem = host_problem()
-    if problem:
-        raise SystemExit(f"bench.footprint: {problem}")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:  # as tests/e2e/test_footprint.py: the containers inherit it
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    sweep_stale_runs()
-    others = subprocess.run(
-        ["pgrep", "-a", "-x", "haproxy|varnishd"], capture_output=True, text=True, check=False
-    ).stdout.splitlines()
-    load_before = os.getloadavg()
     results = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="cache-injector-footprint-", dir="/var/tmp") as tmp:
-            scratch = Path(tmp)
-            scratch.chmod(0o755)
-            for name in args.generations.split(","):
-                results.append(
-                    measure(
-                        name, args.rounds, args.settle, args.shared, scratch, env_items(args.env)
-                    )
-                )
-    finally:
-        remove_mount_points()
-        root_cleanup()
+    with pod_bench("footprint") as scratch:
+        others = subprocess.run(
+            ["pgrep", "-a", "-x", "haproxy|varnishd"], capture_output=True, text=True, check=False
+        ).stdout.splitlines()
+        load_before = os.getloadavg()
+        for name in args.generations.split(","):
+            results.append(
+                measure(name, args.rounds, args.settle, args.shared, scratch, env_items(args.env))
+            )
     print(f"{len(others)} other haproxy/varnishd processes on the machine at the start")
     print(table(results))
     write_results(

@@ -29,7 +29,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +47,7 @@ from bench.churn.__main__ import (
     start_wrk,
     wrk_figures,
 )
-from bench.common import ROOT, stop_group, write_results
+from bench.common import ROOT, pod_bench, stop_group, write_results
 from bench.soak.verdict import (
     HIT_RATIO,
     LIMIT_SHARE,
@@ -58,9 +57,7 @@ from bench.soak.verdict import (
     slope,
     verdict,
 )
-from tests.e2e.conftest import host_problem, sweep_stale_runs
-from tests.e2e.harness import PodEnv, root_cleanup
-from tests.e2e.podrunner import remove_mount_points
+from tests.e2e.harness import PodEnv
 from webhook.engine.values import parse_size
 
 HERE = Path(__file__).resolve().parent
@@ -342,20 +339,10 @@ def main() -> None:
                      f"{GRACE_SECONDS} s grace), so that expiry never makes a MISS")  # fmt: skip
     if not 0 < args.share <= 1:
         parser.error(f"--share {args.share}: a fraction in (0, 1]")
-    problem = host_problem()
-    if problem:
-        raise SystemExit(f"bench.soak: {problem}")
-    sweep_stale_runs()
-    load_before = os.getloadavg()
-    try:
-        with tempfile.TemporaryDirectory(prefix="cache-injector-soak-", dir="/var/tmp") as tmp:
-            scratch = Path(tmp)
-            scratch.chmod(0o755)
-            seen = run(args.generation, args.minutes, args.share, args.calibrate,
-                       args.working_set, args.working_rate, args.sample, scratch)  # fmt: skip
-    finally:
-        remove_mount_points()
-        root_cleanup()
+    with pod_bench("soak") as scratch:
+        load_before = os.getloadavg()
+        seen = run(args.generation, args.minutes, args.share, args.calibrate,
+                   args.working_set, args.working_rate, args.sample, scratch)  # fmt: skip
     print(f"{os.cpu_count()} CPUs; load average before {load_before[0]:.2f}, "
           f"after {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(table(seen))
